@@ -1,0 +1,185 @@
+//! Decisions: allow (with the tag slots it reserved) or deny, with the facts behind them and the
+//! message the pushing client prints.
+
+use serde_json::json;
+
+use super::size::ByteSize;
+
+/// Why a push was refused. `as_str` is stable: it appears in logs and metric labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DenyReason {
+    /// The layers add up to more than `max_image_size`.
+    ImageTooLarge,
+    /// A new tag would take the repository past `tag_count_limit`.
+    TagLimit,
+    /// The body cannot be measured (malformed, unknown type, mismatched type).
+    ManifestInvalid,
+    /// A Docker schema 1 manifest, which carries no sizes.
+    Schema1,
+    /// The body is larger than any registry accepts for a manifest.
+    ManifestTooLarge,
+}
+
+impl DenyReason {
+    /// Every reason, for metrics that pre-register their label values.
+    pub const ALL: [Self; 5] = [
+        Self::ImageTooLarge,
+        Self::TagLimit,
+        Self::ManifestInvalid,
+        Self::Schema1,
+        Self::ManifestTooLarge,
+    ];
+
+    /// Stable name for logs and metric labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::ImageTooLarge => "image_too_large",
+            Self::TagLimit => "tag_limit",
+            Self::ManifestInvalid => "manifest_invalid",
+            Self::Schema1 => "schema1",
+            Self::ManifestTooLarge => "manifest_too_large",
+        }
+    }
+}
+
+/// The rule that applied: a `rules[]` entry, or the global limits when `None`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct RuleRef {
+    pub index: usize,
+    pub path: String,
+}
+
+/// How a rule is named in messages.
+pub fn describe_rule(rule: Option<&RuleRef>) -> String {
+    match rule {
+        Some(r) => format!("rule {} (path `{}`)", r.index, r.path),
+        None => "the global limit (no rule matched)".to_owned(),
+    }
+}
+
+/// What was measured and which limits applied; logged with every decision.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Facts {
+    pub repository: String,
+    pub reference: String,
+    pub rule: Option<RuleRef>,
+    pub media_type: Option<&'static str>,
+    pub image_bytes: Option<u64>,
+    pub max_image_bytes: Option<u64>,
+    /// Tags counted toward the limit before this push (confirmed plus reserved).
+    pub tag_count: Option<usize>,
+    pub tag_count_limit: Option<u64>,
+    /// Tags this push creates.
+    pub new_tags: usize,
+}
+
+/// A refusal, as the client will read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denial {
+    pub reason: DenyReason,
+    /// Complete on its own: clients print `message` and drop `detail`.
+    pub message: String,
+    pub detail: serde_json::Value,
+}
+
+/// Allow or deny.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Let the push through. `reserved` are the tag slots now held in the repository's book,
+    /// to be committed or released when the registry answers.
+    Allow { reserved: Vec<String> },
+    Deny(Denial),
+}
+
+/// A decision and the facts behind it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub facts: Facts,
+    pub verdict: Verdict,
+}
+
+impl Decision {
+    /// Whether the push may go on.
+    pub fn is_allowed(&self) -> bool {
+        matches!(self.verdict, Verdict::Allow { .. })
+    }
+
+    /// The refusal, if any.
+    pub fn denial(&self) -> Option<&Denial> {
+        match &self.verdict {
+            Verdict::Deny(d) => Some(d),
+            Verdict::Allow { .. } => None,
+        }
+    }
+}
+
+fn exact(size: ByteSize) -> String {
+    format!("{} bytes ({})", size.bytes(), size.human())
+}
+
+pub(super) fn image_too_large(facts: &Facts, measured: ByteSize, limit: ByteSize) -> Denial {
+    let rule = describe_rule(facts.rule.as_ref());
+    let message = format!(
+        "push to {repo}:{reference} refused: the image's layers total {measured}, over the limit of {limit} set by {rule} (sizes are 1024-based: 1MB = 1048576 bytes). Make the image smaller (fewer or smaller layers), or ask the registry administrator to raise max_image_size for {repo}.",
+        repo = facts.repository,
+        reference = facts.reference,
+        measured = exact(measured),
+        limit = exact(limit),
+    );
+    Denial {
+        reason: DenyReason::ImageTooLarge,
+        message,
+        detail: json!({
+            "repository": facts.repository,
+            "reference": facts.reference,
+            "image_size_bytes": measured.bytes(),
+            "max_image_size_bytes": limit.bytes(),
+            "max_image_size": limit.to_string(),
+            "rule": facts.rule,
+        }),
+    }
+}
+
+pub(super) fn tag_limit(facts: &Facts, count: usize, new_tags: &[String], limit: u64) -> Denial {
+    let rule = describe_rule(facts.rule.as_ref());
+    let tags = new_tags.join(", ");
+    let message = format!(
+        "push to {repo}:{reference} refused: repository {repo} already has {count} tag{s} and the limit set by {rule} is {limit} tag{ls}, so the new tag{ns} {tags} cannot be created. Delete tags you no longer need, or push to an existing tag, or ask the registry administrator to raise tag_count_limit for {repo}.",
+        repo = facts.repository,
+        reference = facts.reference,
+        s = if count == 1 { "" } else { "s" },
+        ls = if limit == 1 { "" } else { "s" },
+        ns = if new_tags.len() == 1 { "" } else { "s" },
+    );
+    Denial {
+        reason: DenyReason::TagLimit,
+        message,
+        detail: json!({
+            "repository": facts.repository,
+            "reference": facts.reference,
+            "tag_count": count,
+            "new_tags": new_tags,
+            "tag_count_limit": limit,
+            "rule": facts.rule,
+        }),
+    }
+}
+
+pub(super) fn invalid(facts: &Facts, reason: DenyReason, what: &str) -> Denial {
+    let message = format!(
+        "push to {}:{} refused: {what}",
+        facts.repository, facts.reference
+    );
+    Denial {
+        reason,
+        message,
+        detail: json!({ "repository": facts.repository, "reference": facts.reference }),
+    }
+}
+
+/// The OCI error envelope for a denial, with the given code
+/// (`{"errors":[{"code":…,"message":…,"detail":…}]}`).
+pub fn oci_error_body(code: &str, message: &str, detail: &serde_json::Value) -> Vec<u8> {
+    let body = json!({ "errors": [ { "code": code, "message": message, "detail": detail } ] });
+    serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"errors\":[]}".to_vec())
+}

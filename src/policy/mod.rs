@@ -1,0 +1,228 @@
+//! The policy core: configuration, measurement and decisions.
+//!
+//! This module is pure. It must not import tokio, tonic, reqwest, notify, `std::fs`, `std::net` or
+//! anything else that does I/O or keeps time; callers hand it texts, requests and tag books, and get
+//! values back. That keeps every rule testable as a table and every adapter a translation.
+//!
+//! A decision takes two steps, so that the network is only used when a tag count is needed:
+//! [`Policy::evaluate`] returns a final [`Decision`] or a [`TagQuery`]; the caller then locks the
+//! repository's [`TagBook`] and calls [`TagQuery::finish`], which decides and reserves in one step.
+
+pub mod decision;
+pub mod file;
+pub mod manifest;
+pub mod push;
+pub mod rule;
+pub mod size;
+pub mod tags;
+
+use regex::RegexSet;
+
+pub use decision::{Decision, Denial, DenyReason, Facts, RuleRef, Verdict};
+pub use file::{ConfigSource, KeyFile, LoadError, Problem, compile};
+pub use manifest::{ManifestError, MediaType, Measured};
+pub use push::{ManifestPush, ManifestWrite, Reference, WriteKind};
+pub use rule::{Rule, TagFilter};
+pub use size::ByteSize;
+pub use tags::TagBook;
+
+/// The largest manifest body a registry accepts (distribution and Harbor: 4 MiB).
+pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// The limits that apply to a repository.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_image_size: ByteSize,
+    pub tag_count_limit: u64,
+    /// Tags that do not count toward `tag_count_limit`.
+    pub exclude_tags: TagFilter,
+}
+
+/// One compiled configuration version.
+#[derive(Debug)]
+pub struct Policy {
+    global: Limits,
+    rules: Vec<Rule>,
+    /// All rule paths in order, so the first match is one pass over the name.
+    matcher: RegexSet,
+}
+
+/// The outcome of the first step of a decision.
+#[derive(Debug)]
+pub enum Evaluation<'p> {
+    /// Decided without the repository's tags.
+    Done(Decision),
+    /// The push creates tags: finish with the repository's tag book.
+    NeedTags(TagQuery<'p>),
+}
+
+/// A decision waiting for the repository's tags.
+#[derive(Debug)]
+pub struct TagQuery<'p> {
+    facts: Facts,
+    limits: &'p Limits,
+    tags: Vec<String>,
+}
+
+impl Policy {
+    /// Assembles a policy; the rule paths were validated one by one already.
+    pub(crate) fn new(global: Limits, rules: Vec<Rule>) -> Result<Self, regex::Error> {
+        let matcher = RegexSet::new(rules.iter().map(|r| r.path.as_str()))?;
+        Ok(Self {
+            global,
+            rules,
+            matcher,
+        })
+    }
+
+    /// The global limits.
+    pub fn global(&self) -> &Limits {
+        &self.global
+    }
+
+    /// The rules, in order.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The rule that applies to `repository` (`None`: the global limits) and its limits. A rule
+    /// matches the name, or the name followed by `/`, so `^team/app/.*` covers `team/app`.
+    pub fn limits_for(&self, repository: &str) -> (Option<&Rule>, &Limits) {
+        if self.rules.is_empty() {
+            return (None, &self.global);
+        }
+        let first = self.matcher.matches(repository).iter().next();
+        let first = match first {
+            Some(0) => Some(0),
+            _ => {
+                let with_slash = self.matcher.matches(&format!("{repository}/")).iter().next();
+                match (first, with_slash) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+        };
+        match first.and_then(|i| self.rules.get(i)) {
+            Some(rule) => (Some(rule), &rule.limits),
+            None => (None, &self.global),
+        }
+    }
+
+    /// First step of a decision on a manifest `PUT`.
+    pub fn evaluate<'p>(&'p self, push: &ManifestPush<'_>) -> Evaluation<'p> {
+        let write = push.write;
+        let (rule, limits) = self.limits_for(&write.repository);
+        let mut facts = Facts {
+            repository: write.repository.clone(),
+            reference: write.reference.as_str().to_owned(),
+            rule: rule.map(|r| RuleRef {
+                index: r.index,
+                path: r.path.clone(),
+            }),
+            max_image_bytes: Some(limits.max_image_size.bytes()),
+            tag_count_limit: Some(limits.tag_count_limit),
+            ..Facts::default()
+        };
+        let deny = |facts: Facts, denial: Denial| {
+            Evaluation::Done(Decision {
+                facts,
+                verdict: Verdict::Deny(denial),
+            })
+        };
+        if push.body.len() > MAX_MANIFEST_BYTES {
+            let what = format!(
+                "the manifest is {} bytes; registries accept manifests of at most {MAX_MANIFEST_BYTES} bytes (4 MiB)",
+                push.body.len()
+            );
+            let denial = decision::invalid(&facts, DenyReason::ManifestTooLarge, &what);
+            return deny(facts, denial);
+        }
+        let measured = match manifest::measure(push.content_type, push.body) {
+            Ok(m) => m,
+            Err(e) => {
+                let reason = match e {
+                    ManifestError::Schema1 => DenyReason::Schema1,
+                    _ => DenyReason::ManifestInvalid,
+                };
+                let denial = decision::invalid(&facts, reason, &e.to_string());
+                return deny(facts, denial);
+            }
+        };
+        facts.media_type = Some(measured.media_type().as_str());
+        let bytes = ByteSize::from_bytes(measured.image_bytes());
+        facts.image_bytes = Some(bytes.bytes());
+        if bytes > limits.max_image_size {
+            let denial = decision::image_too_large(&facts, bytes, limits.max_image_size);
+            return deny(facts, denial);
+        }
+        let tags = write.tags();
+        if tags.iter().all(|t| !limits.exclude_tags.counts(t)) {
+            // By digest, or only uncounted tags: nothing to count.
+            return Evaluation::Done(Decision {
+                facts,
+                verdict: Verdict::Allow {
+                    reserved: Vec::new(),
+                },
+            });
+        }
+        Evaluation::NeedTags(TagQuery {
+            facts,
+            limits,
+            tags,
+        })
+    }
+}
+
+impl TagQuery<'_> {
+    /// The repository whose tags are needed.
+    pub fn repository(&self) -> &str {
+        &self.facts.repository
+    }
+
+    /// The facts so far (for a refusal that never reaches [`finish`](Self::finish)).
+    pub fn facts(&self) -> &Facts {
+        &self.facts
+    }
+
+    /// Decides against the repository's tags and, when allowed, reserves the new tags' slots in
+    /// `book`. A tag the repository already holds moves and adds nothing; a tag reserved by a
+    /// concurrent push shares that push's slot.
+    pub fn finish(self, book: &mut TagBook) -> Decision {
+        let Self {
+            mut facts,
+            limits,
+            tags,
+        } = self;
+        let filter = &limits.exclude_tags;
+        let count = book.count(filter);
+        let new: Vec<String> = tags
+            .iter()
+            .filter(|t| filter.counts(t) && !book.contains(t))
+            .cloned()
+            .collect();
+        facts.tag_count = Some(count);
+        facts.new_tags = new.len();
+        let after = count as u64 + new.len() as u64;
+        if !new.is_empty() && after > limits.tag_count_limit {
+            let denial = decision::tag_limit(&facts, count, &new, limits.tag_count_limit);
+            return Decision {
+                facts,
+                verdict: Verdict::Deny(denial),
+            };
+        }
+        // Reserve every counted tag not yet confirmed, including ones a concurrent push holds:
+        // if that push fails, this one still holds the slot.
+        let reserved: Vec<String> = tags
+            .into_iter()
+            .filter(|t| filter.counts(t) && !book.is_confirmed(t))
+            .collect();
+        book.reserve(&reserved);
+        Decision {
+            facts,
+            verdict: Verdict::Allow { reserved },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
