@@ -8,3 +8,8 @@
 //!   measurement, tag bookkeeping with reservations, decisions. No I/O.
 pub mod policy;
 pub mod config;
+pub mod check;
+pub mod metrics;
+pub mod cli;
+pub mod commands;
+pub mod reload;

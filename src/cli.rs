@@ -1,0 +1,158 @@
+//! The command line: `serve`, `check-config` and `explain`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Push limits (image size, tag count) for any OCI registry, decided for Envoy.
+#[derive(Debug, Parser)]
+#[command(name = "registry-gateway", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the sidecar: ext_proc, ext_authz, the pre-flight API, health and metrics.
+    Serve(Box<ServeArgs>),
+    /// Validate a configuration and print the effective limits; exit non-zero on errors.
+    CheckConfig {
+        /// A YAML file, a ConfigMap manifest, or a ConfigMap directory.
+        path: PathBuf,
+    },
+    /// Say which rule applies to a repository and its limits.
+    Explain {
+        /// A YAML file, a ConfigMap manifest, or a ConfigMap directory.
+        #[arg(long, env = "REGISTRY_GATEWAY_CONFIG")]
+        config: PathBuf,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+        /// The repository name, such as `project-1/app`.
+        repository: String,
+    },
+}
+
+/// What to do when the registry's tag list cannot be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnRegistryError {
+    /// Refuse the push with 503 UNAVAILABLE and a message naming the cause.
+    Deny,
+    /// Let the push through (size limits still apply).
+    Allow,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Settings of `serve`. Every flag also reads `REGISTRY_GATEWAY_<NAME>`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Configuration: a YAML file, a ConfigMap manifest, or a ConfigMap directory (watched).
+    #[arg(long, env = "REGISTRY_GATEWAY_CONFIG")]
+    pub config: PathBuf,
+    /// gRPC address for ext_proc, ext_authz, the pre-flight API, health and reflection.
+    #[arg(long, env = "REGISTRY_GATEWAY_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
+    pub grpc_listen: SocketAddr,
+    /// HTTP address for /metrics, /healthz, /readyz and /status.
+    #[arg(long, env = "REGISTRY_GATEWAY_ADMIN_LISTEN", default_value = "127.0.0.1:9091")]
+    pub admin_listen: SocketAddr,
+    /// Where tags are listed: the registry itself, or Harbor's external URL.
+    #[arg(long, env = "REGISTRY_GATEWAY_REGISTRY_URL")]
+    pub registry_url: reqwest::Url,
+    /// A mounted Secret with files `username`, `password` and optionally `insecure`; re-read
+    /// when it changes.
+    #[arg(long, env = "REGISTRY_GATEWAY_REGISTRY_CREDENTIALS_DIR", conflicts_with = "registry_username")]
+    pub registry_credentials_dir: Option<PathBuf>,
+    /// Registry user name for the tag list (Basic, or for the Bearer token flow).
+    #[arg(long, env = "REGISTRY_GATEWAY_REGISTRY_USERNAME", requires = "registry_password")]
+    pub registry_username: Option<String>,
+    /// Registry password or robot secret. Prefer the environment variable to the flag.
+    #[arg(long, env = "REGISTRY_GATEWAY_REGISTRY_PASSWORD", hide_env_values = true)]
+    pub registry_password: Option<String>,
+    /// Accept an invalid TLS certificate from the registry, and allow plain HTTP.
+    #[arg(long, env = "REGISTRY_GATEWAY_REGISTRY_INSECURE")]
+    pub registry_insecure: bool,
+    /// Deadline for one tag-list read (all pages and the token fetch).
+    #[arg(long, env = "REGISTRY_GATEWAY_REGISTRY_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub registry_timeout: Duration,
+    /// Deadline for a whole decision; keep it below Envoy's `message_timeout` (5s in envoy/).
+    #[arg(long, env = "REGISTRY_GATEWAY_DECISION_TIMEOUT", default_value = "2500ms", value_parser = parse_duration)]
+    pub decision_timeout: Duration,
+    /// What to do when the tag list cannot be read.
+    #[arg(long, env = "REGISTRY_GATEWAY_ON_REGISTRY_ERROR", value_enum, default_value = "deny")]
+    pub on_registry_error: OnRegistryError,
+    /// How long a repository's tag list is trusted before it is read again. Pushes and deletes
+    /// seen through the gateway keep it current in between.
+    #[arg(long, env = "REGISTRY_GATEWAY_TAG_CACHE_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub tag_cache_ttl: Duration,
+    /// ext_authz only (no response phase): how long an admitted new tag holds its slot before the
+    /// tag list is read again to learn whether the push landed.
+    #[arg(long, env = "REGISTRY_GATEWAY_RESERVATION_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub reservation_ttl: Duration,
+    /// Page size for tag lists (`n`); unset asks for everything in one response.
+    #[arg(long, env = "REGISTRY_GATEWAY_TAG_PAGE_SIZE")]
+    pub tag_page_size: Option<u32>,
+    /// How long SIGTERM waits for in-flight decisions before exiting.
+    #[arg(long, env = "REGISTRY_GATEWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+    /// Log format.
+    #[arg(long, env = "REGISTRY_GATEWAY_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log filter, as RUST_LOG (for example `info` or `registry_gateway=debug`).
+    #[arg(long, env = "REGISTRY_GATEWAY_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Parses `500ms`, `2s`, `5m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration; write for example 500ms, 2s or 5m"))?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => return Err(format!("unknown duration unit `{other}`; use ms, s, m or h")),
+    };
+    if !seconds.is_finite() || seconds < 0.0 || seconds > 86_400.0 * 365.0 {
+        return Err(format!("`{text}` is out of range"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_in_common_units() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("2 days").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
