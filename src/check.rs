@@ -435,6 +435,22 @@ impl<S: TagSource> Checker<S> {
         }
     }
 
+    /// A manifest `DELETE` let through without a response phase (ext_authz): whether it happened
+    /// is unknown, so the repository's tags are read again on the next decision.
+    /// It is marked again after `reservation_ttl`, in case a read in between saw the list from
+    /// before the delete landed.
+    pub fn observe_unconfirmed_delete(&self, write: &ManifestWrite) {
+        let Some(repo) = self.books.existing(&write.repository) else {
+            return;
+        };
+        repo.lock().apply(Change::Stale);
+        let ttl = self.options.reservation_ttl;
+        tokio::spawn(async move {
+            tokio::time::sleep(ttl).await;
+            repo.lock().apply(Change::Stale);
+        });
+    }
+
     /// Forgets idle repositories; call periodically.
     pub fn sweep(&self) -> usize {
         self.books

@@ -2,14 +2,34 @@
 //!
 //! Envoy fronts the registry and asks this service about every manifest write (ext_proc, or
 //! ext_authz in a mesh). Blob uploads never reach it. The crate is a pure policy core with thin
-//! adapters around it; dependencies point inward.
+//! adapters around it; dependencies point inward (adapters → `check` → `policy`).
 //!
-//! - [`policy`]: pure core. Configuration shapes and validation, sizes, rules, manifest
-//!   measurement, tag bookkeeping with reservations, decisions. No I/O.
-pub mod policy;
-pub mod config;
+//! - [`policy`]: the pure core. Configuration shapes and validation, sizes, rules, manifest
+//!   measurement, tag books with reservations, decisions. No I/O.
+//! - [`config`]: reads a configuration path (file or ConfigMap directory) into texts.
+//! - [`reload`]: watches the configuration's directory and swaps policy snapshots.
+//! - [`check`]: the request path. Evaluates, fetches tags through a [`check::TagSource`],
+//!   decides and reserves, settles reservations from the registry's answer.
+//! - [`registry`]: the tag-list client (pagination, Basic and Bearer auth, deadlines).
+//! - [`extproc`], [`extauthz`]: the Envoy adapters.
+//! - [`respond`]: the one table from outcomes to HTTP status, OCI code and gRPC code.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/status`.
+//! - [`metrics`]: metric handles with bounded labels.
+//! - [`cli`], [`commands`]: the command line, `check-config` and `explain`.
+//! - [`telemetry`]: log output.
+//! - [`app`]: wiring for `serve`: load, bind, serve, drain.
+
+pub mod admin;
+pub mod app;
 pub mod check;
-pub mod metrics;
 pub mod cli;
 pub mod commands;
+pub mod config;
+pub mod extauthz;
+pub mod extproc;
+pub mod metrics;
+pub mod policy;
+pub mod registry;
 pub mod reload;
+pub mod respond;
+pub mod telemetry;

@@ -336,7 +336,14 @@ pub fn compile(source: &ConfigSource) -> Result<Policy, LoadError> {
                         line: None,
                         column: None,
                         field: file.key.clone(),
-                        message: unknown_key_message(&file.key),
+                        message: if file.key.ends_with(".yaml") || file.key.ends_with(".yml") {
+                            format!(
+                                "{}; a directory is read as a ConfigMap with one file per key. To use a whole YAML file, pass the file's path to --config (its directory is still watched)",
+                                unknown_key_message(&file.key)
+                            )
+                        } else {
+                            unknown_key_message(&file.key)
+                        },
                     });
                     continue;
                 }

@@ -1,0 +1,235 @@
+//! Wiring: load the policy (fail fast), start the reload task, bind, serve, drain.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::admin::{self, AdminState};
+use crate::check::{CheckOptions, Checker};
+use crate::cli::{OnRegistryError, ServeArgs};
+use crate::extauthz::ExtAuthzService;
+use crate::extproc::ExtProcService;
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+use crate::metrics::Metrics;
+use crate::registry::{Credentials, RegistryClient, RegistryConfig};
+use crate::reload::{self, ReloadOptions};
+
+/// gRPC messages carry a manifest of up to 4 MiB plus headers; Envoy buffers up to 5 MiB on the
+/// manifest route. tonic's default 4 MiB limit would turn a legal manifest into a 500.
+pub const GRPC_MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Why `serve` could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Config(#[from] crate::policy::LoadError),
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("registry client: {0}")]
+    Registry(String),
+    #[error("gRPC server failed: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    #[error("admin server failed: {0}")]
+    Admin(std::io::Error),
+}
+
+/// Runs the sidecar until SIGTERM or SIGINT, then drains in-flight decisions.
+pub async fn run(args: ServeArgs) -> Result<(), AppError> {
+    let metrics = Arc::new(Metrics::new());
+    let initial = reload::load_initial(&args.config)?;
+    tracing::info!(
+        config = %args.config.display(),
+        version = initial.version,
+        hash = %initial.hash,
+        rules = initial.policy.rules().len(),
+        "configuration loaded"
+    );
+    let (policy, reload_status, reload_handle) = reload::spawn(
+        args.config.clone(),
+        initial,
+        metrics.clone(),
+        ReloadOptions::default(),
+    );
+
+    let credentials = match (&args.registry_credentials_dir, &args.registry_username) {
+        (Some(dir), _) => Credentials::Directory(dir.clone()),
+        (None, Some(username)) => Credentials::Static {
+            username: username.clone(),
+            password: args.registry_password.clone().unwrap_or_default(),
+        },
+        (None, None) => Credentials::None,
+    };
+    let registry = RegistryClient::new(RegistryConfig {
+        base_url: args.registry_url.clone(),
+        credentials,
+        timeout: args.registry_timeout,
+        insecure: args.registry_insecure,
+        page_size: args.tag_page_size,
+    })
+    .map_err(|e| AppError::Registry(e.to_string()))?;
+    let options = CheckOptions {
+        tag_cache_ttl: args.tag_cache_ttl,
+        decision_timeout: args.decision_timeout,
+        allow_on_registry_error: args.on_registry_error == OnRegistryError::Allow,
+        reservation_ttl: args.reservation_ttl,
+    };
+    let checker = Arc::new(Checker::new(registry, policy.clone(), options, metrics.clone()));
+
+    let grpc_listener = TcpListener::bind(args.grpc_listen)
+        .await
+        .map_err(|source| AppError::Bind {
+            what: "the gRPC listener",
+            addr: args.grpc_listen,
+            source,
+        })?;
+    let admin_listener = TcpListener::bind(args.admin_listen)
+        .await
+        .map_err(|source| AppError::Bind {
+            what: "the admin listener",
+            addr: args.admin_listen,
+            source,
+        })?;
+
+    let admin_state = Arc::new(AdminState {
+        metrics: metrics.clone(),
+        policy: policy.clone(),
+        reload_status,
+        ready: Default::default(),
+    });
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<ExternalProcessorServer<ExtProcService<RegistryClient>>>()
+        .await;
+
+    let extproc = ExternalProcessorServer::new(ExtProcService::new(checker.clone(), metrics.clone()))
+        .max_decoding_message_size(GRPC_MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(GRPC_MAX_MESSAGE_BYTES);
+
+    let extauthz = AuthorizationServer::new(ExtAuthzService::new(checker.clone()))
+        .max_decoding_message_size(GRPC_MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(GRPC_MAX_MESSAGE_BYTES);
+    health_reporter
+        .set_serving::<AuthorizationServer<ExtAuthzService<RegistryClient>>>()
+        .await;
+
+    let shutdown = tokio_util_shutdown();
+    let grpc_shutdown = shutdown.clone();
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(extproc)
+        .add_service(extauthz)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+            grpc_shutdown.wait().await;
+        });
+
+    let admin_shutdown = shutdown.clone();
+    let admin = axum::serve(admin_listener, admin::router(admin_state.clone()))
+        .with_graceful_shutdown(async move { admin_shutdown.wait().await });
+
+    let sweeper = {
+        let checker = checker.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                checker.sweep();
+            }
+        })
+    };
+
+    admin_state.ready.store(true, Ordering::Release);
+    tracing::info!(grpc = %args.grpc_listen, admin = %args.admin_listen, registry = %args.registry_url, "serving");
+
+    let grace = args.shutdown_grace;
+    let signal_task = {
+        let shutdown = shutdown.clone();
+        let admin_state = admin_state.clone();
+        let health_reporter = health_reporter.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutting down: finishing in-flight decisions");
+            admin_state.ready.store(false, Ordering::Release);
+            health_reporter
+                .set_not_serving::<ExternalProcessorServer<ExtProcService<RegistryClient>>>()
+                .await;
+            health_reporter
+                .set_not_serving::<AuthorizationServer<ExtAuthzService<RegistryClient>>>()
+                .await;
+            shutdown.trigger();
+        })
+    };
+
+    let servers = async {
+        let (grpc, admin) = tokio::join!(grpc, async { admin.await });
+        grpc?;
+        admin.map_err(AppError::Admin)?;
+        Ok::<(), AppError>(())
+    };
+    tokio::pin!(servers);
+    let result = tokio::select! {
+        result = &mut servers => result,
+        () = async {
+            shutdown.wait().await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(grace = ?grace, "in-flight decisions did not finish within the grace period");
+            Ok(())
+        }
+    };
+    signal_task.abort();
+    sweeper.abort();
+    drop(reload_handle);
+    tracing::info!("stopped");
+    result
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A one-shot broadcast: `trigger` once, `wait` anywhere.
+#[derive(Clone)]
+struct Shutdown(tokio::sync::watch::Sender<bool>);
+
+fn tokio_util_shutdown() -> Shutdown {
+    Shutdown(tokio::sync::watch::channel(false).0)
+}
+
+impl Shutdown {
+    fn trigger(&self) {
+        self.0.send_replace(true);
+    }
+
+    async fn wait(&self) {
+        let mut rx = self.0.subscribe();
+        let _ = rx.wait_for(|v| *v).await;
+    }
+}

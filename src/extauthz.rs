@@ -1,0 +1,111 @@
+//! The Envoy ext_authz adapter (`envoy.service.auth.v3.Authorization/Check`), for meshes where
+//! ext_proc cannot be inserted (Istio's `CUSTOM` authorization provider).
+//!
+//! Envoy sends the manifest with `with_request_body { pack_as_bytes: true }`, so the exact bytes
+//! arrive in `raw_body`. ext_authz sees the request only: an admitted tag's slot is held for
+//! `--reservation-ttl`, then released, and the repository's tag list is read again on the next
+//! decision; so exactness holds when pushes finish within that time (docs/concurrency.md).
+
+use std::sync::Arc;
+
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderValue,
+    HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
+};
+use envoy_types::pb::google::rpc;
+use tonic::{Request, Response, Status};
+
+use crate::check::{Checker, TagSource, Transport};
+use crate::policy::{ManifestWrite, WriteKind};
+use crate::respond::{self, Rendered};
+
+/// `envoy.service.auth.v3.Authorization`.
+pub struct ExtAuthzService<S> {
+    checker: Arc<Checker<S>>,
+}
+
+impl<S> ExtAuthzService<S> {
+    /// Serves decisions from `checker`.
+    pub fn new(checker: Arc<Checker<S>>) -> Self {
+        Self { checker }
+    }
+}
+
+#[tonic::async_trait]
+impl<S: TagSource> Authorization for ExtAuthzService<S> {
+    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        let http = request
+            .into_inner()
+            .attributes
+            .and_then(|a| a.request)
+            .and_then(|r| r.http)
+            .ok_or_else(|| Status::invalid_argument("CheckRequest without attributes.request.http"))?;
+        let Some(write) = ManifestWrite::from_request(&http.method, &http.path) else {
+            return Ok(Response::new(allow()));
+        };
+        if write.kind == WriteKind::Delete {
+            // No response phase: we cannot see whether the delete happened, so the tag list is
+            // read again on the next decision.
+            self.checker.observe_unconfirmed_delete(&write);
+            return Ok(Response::new(allow()));
+        }
+        let body: &[u8] = if http.raw_body.is_empty() {
+            http.body.as_bytes()
+        } else {
+            &http.raw_body
+        };
+        let content_type = http.headers.get("content-type").map(String::as_str);
+        let checked = self
+            .checker
+            .check_push(Transport::ExtAuthz, &write, content_type, body)
+            .await;
+        match respond::render(&checked.outcome) {
+            None => {
+                if let Some(ticket) = checked.ticket {
+                    ticket.expire_after(self.checker.options().reservation_ttl);
+                }
+                Ok(Response::new(allow()))
+            }
+            Some(refusal) => Ok(Response::new(deny(&refusal))),
+        }
+    }
+}
+
+fn allow() -> CheckResponse {
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: tonic::Code::Ok as i32,
+            ..Default::default()
+        }),
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
+        ..Default::default()
+    }
+}
+
+/// An explicit denial: status code set (an empty response would deny too, but silently), and
+/// header values in `value`, which ext_authz reads (the mirror image of ext_proc's `raw_value`).
+fn deny(rendered: &Rendered) -> CheckResponse {
+    let message = String::from_utf8_lossy(&rendered.body).into_owned();
+    CheckResponse {
+        status: Some(rpc::Status {
+            code: rendered.grpc_code as i32,
+            message: rendered.details.to_owned(),
+            ..Default::default()
+        }),
+        http_response: Some(HttpResponse::DeniedResponse(DeniedHttpResponse {
+            status: Some(HttpStatus {
+                code: i32::from(rendered.http_status),
+            }),
+            headers: vec![HeaderValueOption {
+                header: Some(HeaderValue {
+                    key: "content-type".to_owned(),
+                    value: "application/json".to_owned(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            body: message,
+        })),
+        ..Default::default()
+    }
+}

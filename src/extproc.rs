@@ -1,0 +1,301 @@
+//! The Envoy ext_proc adapter: one gRPC stream per HTTP request.
+//!
+//! Envoy's route configuration sends only manifest writes here (`envoy/envoy.yaml`), with
+//! `request_body_mode: BUFFERED` and `response_header_mode: SEND`. The stream sees:
+//! request headers → (for a `PUT`) the whole body → the registry's response headers. We decide on
+//! the body, and settle the tag bookkeeping on the response status. Every phase gets exactly one
+//! answer; anything this adapter cannot make sense of ends the stream with an error status, which
+//! Envoy turns into a 500 because `failure_mode_allow` is false: never a silent pass.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Phase;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Reply;
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    BodyResponse, HeaderMutation, HeadersResponse, HttpHeaders, ImmediateResponse,
+    ProcessingRequest, ProcessingResponse, TrailersResponse,
+};
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::check::{Checker, TagSource, Ticket, Transport};
+use crate::metrics::Metrics;
+use crate::policy::{MAX_MANIFEST_BYTES, ManifestWrite, WriteKind};
+use crate::respond::{self, Rendered};
+
+/// Body bytes kept before a request is refused as too large; above distribution's 4 MiB so that
+/// the policy, not this buffer, produces the message.
+const BODY_CAP: usize = MAX_MANIFEST_BYTES + 1024 * 1024;
+
+/// `envoy.service.ext_proc.v3.ExternalProcessor`.
+pub struct ExtProcService<S> {
+    checker: Arc<Checker<S>>,
+    metrics: Arc<Metrics>,
+}
+
+impl<S> ExtProcService<S> {
+    /// Serves decisions from `checker`.
+    pub fn new(checker: Arc<Checker<S>>, metrics: Arc<Metrics>) -> Self {
+        Self { checker, metrics }
+    }
+}
+
+type ReplyStream = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<S: TagSource> ExternalProcessor for ExtProcService<S> {
+    type ProcessStream = ReplyStream;
+
+    async fn process(
+        &self,
+        request: Request<Streaming<ProcessingRequest>>,
+    ) -> Result<Response<Self::ProcessStream>, Status> {
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(4);
+        let stream = StreamState {
+            checker: self.checker.clone(),
+            metrics: self.metrics.clone(),
+            write: None,
+            content_type: None,
+            body: Vec::new(),
+            ticket: None,
+        };
+        tokio::spawn(stream.run(inbound, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// One HTTP request's conversation.
+struct StreamState<S> {
+    checker: Arc<Checker<S>>,
+    metrics: Arc<Metrics>,
+    write: Option<ManifestWrite>,
+    content_type: Option<String>,
+    body: Vec<u8>,
+    /// Held from an allowed `PUT` until the registry answers; dropping it releases the slots.
+    ticket: Option<Ticket>,
+}
+
+impl<S: TagSource> StreamState<S> {
+    async fn run(
+        mut self,
+        mut inbound: Streaming<ProcessingRequest>,
+        tx: mpsc::Sender<Result<ProcessingResponse, Status>>,
+    ) {
+        loop {
+            let message = match inbound.message().await {
+                Ok(Some(message)) => message,
+                // Envoy closed the stream: the request is over, answered or not. An unsettled
+                // ticket is dropped here and releases its reservations.
+                Ok(None) => return,
+                Err(status) => {
+                    // Client cancellation is a normal ending (the downstream went away).
+                    if status.code() != tonic::Code::Cancelled {
+                        tracing::warn!(code = ?status.code(), message = status.message(), "ext_proc stream failed");
+                        Metrics::count(&self.metrics.stream_errors, "inbound");
+                    }
+                    return;
+                }
+            };
+            let (reply, done) = match self.handle(message).await {
+                Ok(step) => step,
+                Err(status) => {
+                    Metrics::count(&self.metrics.stream_errors, "protocol");
+                    tracing::warn!(message = status.message(), "ext_proc protocol error; ending the stream");
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            };
+            if tx.send(Ok(reply)).await.is_err() {
+                Metrics::count(&self.metrics.stream_errors, "outbound");
+                return;
+            }
+            if done {
+                return;
+            }
+        }
+    }
+
+    /// Answers one phase; `true` when the request was answered locally and the stream is done.
+    async fn handle(&mut self, message: ProcessingRequest) -> Result<(ProcessingResponse, bool), Status> {
+        let phase = message
+            .request
+            .ok_or_else(|| Status::invalid_argument("ProcessingRequest without a phase"))?;
+        match phase {
+            Phase::RequestHeaders(headers) => {
+                let method = header(&headers, ":method").unwrap_or_default();
+                let path = header(&headers, ":path").unwrap_or_default();
+                self.write = ManifestWrite::from_request(&method, &path);
+                self.content_type = header(&headers, "content-type");
+                if let Some(write) = &self.write {
+                    if write.kind == WriteKind::Put && headers.end_of_stream {
+                        // A PUT without a body: no manifest to measure, so it is refused; an allow
+                        // would still be answered in this phase's own type.
+                        return Ok(match self.decide().await {
+                            Some(refusal) => (immediate(&refusal), true),
+                            None => (continue_headers(true), false),
+                        });
+                    }
+                }
+                Ok((continue_headers(true), false))
+            }
+            Phase::RequestBody(body) => {
+                let Some(write) = &self.write else {
+                    return Ok((continue_body(true), false));
+                };
+                if write.kind != WriteKind::Put {
+                    return Ok((continue_body(true), false));
+                }
+                if self.body.len() + body.body.len() > BODY_CAP {
+                    let r = respond::malformed_request(&format!(
+                        "push to {}:{} refused: the manifest is larger than {MAX_MANIFEST_BYTES} bytes (4 MiB), the most a registry accepts",
+                        write.repository,
+                        write.reference.as_str()
+                    ));
+                    return Ok((immediate(&Rendered { http_status: 413, ..r }), true));
+                }
+                self.body.extend_from_slice(&body.body);
+                if !body.end_of_stream {
+                    // Only BUFFERED delivery is configured; a partial body means Envoy's buffer
+                    // limit cut it, and an unseen manifest is never allowed.
+                    let r = respond::malformed_request(&format!(
+                        "push to {}:{} refused: the gateway did not receive the whole manifest (Envoy's request_body_buffer_limit is too small for it)",
+                        write.repository,
+                        write.reference.as_str()
+                    ));
+                    return Ok((immediate(&Rendered { http_status: 413, ..r }), true));
+                }
+                Ok(match self.decide().await {
+                    Some(refusal) => (immediate(&refusal), true),
+                    None => (continue_body(true), false),
+                })
+            }
+            Phase::ResponseHeaders(headers) => {
+                let status = header(&headers, ":status")
+                    .and_then(|s| s.parse::<u16>().ok())
+                    .unwrap_or(0);
+                if let Some(ticket) = self.ticket.take() {
+                    ticket.settle(status, &header_values(&headers, "oci-tag"));
+                }
+                if let Some(write) = &self.write {
+                    if write.kind == WriteKind::Delete {
+                        self.checker.observe_delete(write, status);
+                    }
+                }
+                Ok((continue_headers(false), false))
+            }
+            Phase::ResponseBody(_) => Ok((continue_body(false), false)),
+            Phase::RequestTrailers(_) => Ok((
+                ProcessingResponse {
+                    response: Some(Reply::RequestTrailers(TrailersResponse::default())),
+                    ..Default::default()
+                },
+                false,
+            )),
+            Phase::ResponseTrailers(_) => Ok((
+                ProcessingResponse {
+                    response: Some(Reply::ResponseTrailers(TrailersResponse::default())),
+                    ..Default::default()
+                },
+                false,
+            )),
+        }
+    }
+
+    /// Decides the buffered manifest; `None` allows it (and keeps the ticket), `Some` refuses.
+    async fn decide(&mut self) -> Option<Rendered> {
+        let write = self.write.as_ref()?;
+        let body = std::mem::take(&mut self.body);
+        let checked = self
+            .checker
+            .check_push(Transport::ExtProc, write, self.content_type.as_deref(), &body)
+            .await;
+        let refusal = respond::render(&checked.outcome);
+        if refusal.is_none() {
+            self.ticket = checked.ticket;
+        }
+        refusal
+    }
+}
+
+/// A header's value: Envoy sends values in `raw_value`; `value` is read for older senders.
+fn header(headers: &HttpHeaders, name: &str) -> Option<String> {
+    header_values(headers, name).into_iter().next()
+}
+
+fn header_values(headers: &HttpHeaders, name: &str) -> Vec<String> {
+    let Some(HeaderMap { headers, .. }) = &headers.headers else {
+        return Vec::new();
+    };
+    headers
+        .iter()
+        .filter(|h| h.key.eq_ignore_ascii_case(name))
+        .map(|h| {
+            if h.raw_value.is_empty() {
+                h.value.clone()
+            } else {
+                String::from_utf8_lossy(&h.raw_value).into_owned()
+            }
+        })
+        .collect()
+}
+
+fn continue_headers(request: bool) -> ProcessingResponse {
+    let reply = HeadersResponse::default();
+    ProcessingResponse {
+        response: Some(if request {
+            Reply::RequestHeaders(reply)
+        } else {
+            Reply::ResponseHeaders(reply)
+        }),
+        ..Default::default()
+    }
+}
+
+fn continue_body(request: bool) -> ProcessingResponse {
+    let reply = BodyResponse::default();
+    ProcessingResponse {
+        response: Some(if request {
+            Reply::RequestBody(reply)
+        } else {
+            Reply::ResponseBody(reply)
+        }),
+        ..Default::default()
+    }
+}
+
+/// A local reply. Header values go in `raw_value`: Envoy ignores `value` in ext_proc mutations,
+/// and a client without `content-type: application/json` would not parse the OCI error.
+fn immediate(rendered: &Rendered) -> ProcessingResponse {
+    let content_type = HeaderValueOption {
+        header: Some(HeaderValue {
+            key: "content-type".to_owned(),
+            raw_value: b"application/json".to_vec(),
+            ..Default::default()
+        }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..Default::default()
+    };
+    ProcessingResponse {
+        response: Some(Reply::ImmediateResponse(ImmediateResponse {
+            status: Some(HttpStatus {
+                code: i32::from(rendered.http_status),
+            }),
+            headers: Some(HeaderMutation {
+                set_headers: vec![content_type],
+                ..Default::default()
+            }),
+            body: rendered.body.clone(),
+            details: format!("registry_gateway_{}", rendered.details),
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
