@@ -15,6 +15,7 @@ use crate::extauthz::ExtAuthzService;
 use crate::extproc::ExtProcService;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use crate::metrics::Metrics;
+use crate::preflight::{PolicyService, REFLECTION_DESCRIPTOR_SET, pb::policy_server::PolicyServer};
 use crate::registry::{Credentials, RegistryClient, RegistryConfig};
 use crate::reload::{self, ReloadOptions};
 
@@ -36,6 +37,8 @@ pub enum AppError {
     },
     #[error("registry client: {0}")]
     Registry(String),
+    #[error("gRPC reflection: {0}")]
+    Reflection(String),
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
     #[error("admin server failed: {0}")]
@@ -122,12 +125,26 @@ pub async fn run(args: ServeArgs) -> Result<(), AppError> {
         .set_serving::<AuthorizationServer<ExtAuthzService<RegistryClient>>>()
         .await;
 
+    let preflight = PolicyServer::new(PolicyService::new(checker.clone()))
+        .max_decoding_message_size(GRPC_MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(GRPC_MAX_MESSAGE_BYTES);
+    health_reporter
+        .set_serving::<PolicyServer<PolicyService<RegistryClient>>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(REFLECTION_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| AppError::Reflection(e.to_string()))?;
+
     let shutdown = tokio_util_shutdown();
     let grpc_shutdown = shutdown.clone();
     let grpc = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(extproc)
         .add_service(extauthz)
+        .add_service(preflight)
+        .add_service(reflection)
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
             grpc_shutdown.wait().await;
         });

@@ -251,6 +251,35 @@ impl<S: TagSource> Checker<S> {
         content_type: Option<&str>,
         body: &[u8],
     ) -> Checked {
+        self.check(transport, write, content_type, body, true).await
+    }
+
+    /// What a push would get, reserving nothing (the pre-flight API). Counted and logged like a
+    /// decision, under its own transport label.
+    pub async fn dry_run(
+        &self,
+        write: &ManifestWrite,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Checked {
+        let mut checked = self
+            .check(Transport::Preflight, write, content_type, body, false)
+            .await;
+        if let Some(mut ticket) = checked.ticket.take() {
+            // Nothing was reserved; the ticket settles nothing.
+            ticket.settled = true;
+        }
+        checked
+    }
+
+    async fn check(
+        &self,
+        transport: Transport,
+        write: &ManifestWrite,
+        content_type: Option<&str>,
+        body: &[u8],
+        reserve: bool,
+    ) -> Checked {
         let started = Instant::now();
         let snapshot = self.snapshot();
         let push = ManifestPush {
@@ -264,7 +293,9 @@ impl<S: TagSource> Checker<S> {
                 let facts = query.facts().clone();
                 let repo = self.books.get(&write.repository);
                 let deadline = self.options.decision_timeout;
-                match tokio::time::timeout(deadline, self.decide_with_tags(&repo, query)).await {
+                match tokio::time::timeout(deadline, self.decide_with_tags(&repo, query, reserve))
+                    .await
+                {
                     Ok(Ok(decision)) => self.from_decision(decision, write, Some(repo)),
                     Ok(Err(error)) => self.unavailable(facts, error),
                     Err(_) => self.unavailable(facts, TagError::Timeout(deadline)),
@@ -279,7 +310,15 @@ impl<S: TagSource> Checker<S> {
         &self,
         repo: &Repo,
         query: crate::policy::TagQuery<'_>,
+        reserve: bool,
     ) -> Result<Decision, TagError> {
+        let finish = |query: crate::policy::TagQuery<'_>, book: &mut TagBook| {
+            if reserve {
+                query.finish(book)
+            } else {
+                query.judge(book)
+            }
+        };
         let ttl = self.options.tag_cache_ttl;
         loop {
             {
@@ -287,7 +326,7 @@ impl<S: TagSource> Checker<S> {
                 let now = Instant::now();
                 state.last_used = Some(now);
                 if state.is_fresh(now, ttl) {
-                    return Ok(query.finish(&mut state.book));
+                    return Ok(finish(query, &mut state.book));
                 }
             }
             let _fetching = repo.fetch.lock().await;
@@ -307,7 +346,7 @@ impl<S: TagSource> Checker<S> {
                     for change in journal {
                         state.apply(change);
                     }
-                    return Ok(query.finish(&mut state.book));
+                    return Ok(finish(query, &mut state.book));
                 }
                 Err(error) => {
                     Metrics::count(&self.metrics.registry_calls, error.as_str());

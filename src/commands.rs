@@ -114,7 +114,7 @@ fn describe(path: &Path, policy: &Policy, hash: &str) -> String {
     }
     for rule in policy.rules() {
         text.push_str(&format!(
-            "rule {}: path {} (line {}): {}\n",
+            "rule {}: path `{}` (line {}): {}\n",
             rule.index,
             rule.path,
             rule.line,
@@ -266,9 +266,9 @@ mod tests {
         assert!(err.is_empty());
         let lines: Vec<&str> = out.lines().collect();
         assert!(lines[1].starts_with("global: max_image_size 100MB (104857600 bytes), tag_count_limit 100"), "{out}");
-        assert!(lines[2].starts_with("rule 0: path ^project-1/.*") && lines[2].contains("20MB (20971520 bytes), tag_count_limit 3"), "{out}");
-        assert!(lines[3].contains("rule 1: path ^project-2/big-image/.*") && lines[3].contains("5GB (5368709120 bytes), tag_count_limit 200"), "{out}");
-        assert!(lines[4].contains("rule 2: path ^project-2/.*") && lines[4].contains("50MB (52428800 bytes), tag_count_limit 10"), "{out}");
+        assert!(lines[2].starts_with("rule 0: path `^project-1/.*`") && lines[2].contains("20MB (20971520 bytes), tag_count_limit 3"), "{out}");
+        assert!(lines[3].contains("rule 1: path `^project-2/big-image/.*`") && lines[3].contains("5GB (5368709120 bytes), tag_count_limit 200"), "{out}");
+        assert!(lines[4].contains("rule 2: path `^project-2/.*`") && lines[4].contains("50MB (52428800 bytes), tag_count_limit 10"), "{out}");
     }
 
     #[test]

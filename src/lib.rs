@@ -12,6 +12,7 @@
 //!   decides and reserves, settles reservations from the registry's answer.
 //! - [`registry`]: the tag-list client (pagination, Basic and Bearer auth, deadlines).
 //! - [`extproc`], [`extauthz`]: the Envoy adapters.
+//! - [`preflight`]: the `registry_gateway.v1.Policy` API: explain and evaluate without pushing.
 //! - [`respond`]: the one table from outcomes to HTTP status, OCI code and gRPC code.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/status`.
 //! - [`metrics`]: metric handles with bounded labels.
@@ -29,6 +30,7 @@ pub mod extauthz;
 pub mod extproc;
 pub mod metrics;
 pub mod policy;
+pub mod preflight;
 pub mod registry;
 pub mod reload;
 pub mod respond;

@@ -259,7 +259,7 @@ impl RegistryClient {
             let challenge = select_challenge(response.headers());
             drop(response);
             let generation = credentials.generation;
-            *credentials = self.credentials.current(false).await;
+            *credentials = self.credentials.current(true).await;
             let rotated = credentials.generation != generation;
             *auth = self
                 .answer(repository, challenge, auth, credentials, rotated)

@@ -188,6 +188,16 @@ impl TagQuery<'_> {
     /// `book`. A tag the repository already holds moves and adds nothing; a tag reserved by a
     /// concurrent push shares that push's slot.
     pub fn finish(self, book: &mut TagBook) -> Decision {
+        self.decide(book, true)
+    }
+
+    /// Decides like [`finish`](Self::finish) but reserves nothing: for "what would happen"
+    /// questions that must not take a slot from a real push.
+    pub fn judge(self, book: &mut TagBook) -> Decision {
+        self.decide(book, false)
+    }
+
+    fn decide(self, book: &mut TagBook, reserve: bool) -> Decision {
         let Self {
             mut facts,
             limits,
@@ -212,10 +222,13 @@ impl TagQuery<'_> {
         }
         // Reserve every counted tag not yet confirmed, including ones a concurrent push holds:
         // if that push fails, this one still holds the slot.
-        let reserved: Vec<String> = tags
-            .into_iter()
-            .filter(|t| filter.counts(t) && !book.is_confirmed(t))
-            .collect();
+        let reserved: Vec<String> = if reserve {
+            tags.into_iter()
+                .filter(|t| filter.counts(t) && !book.is_confirmed(t))
+                .collect()
+        } else {
+            Vec::new()
+        };
         book.reserve(&reserved);
         Decision {
             facts,

@@ -164,3 +164,15 @@ fn the_error_body_is_an_oci_envelope() {
     assert_eq!(v["errors"][0]["code"], "DENIED");
     assert_eq!(v["errors"][0]["message"], "no");
 }
+
+#[test]
+fn judging_reserves_nothing() {
+    let p = policy(SEED);
+    let write = ManifestWrite::from_request("PUT", "/v2/project-1/app/manifests/new").expect("write");
+    let body = image(1);
+    let push = ManifestPush { write: &write, content_type: Some(OCI), body: &body };
+    let mut book = tags(2);
+    let Evaluation::NeedTags(q) = p.evaluate(&push) else { panic!("tags needed") };
+    assert!(q.judge(&mut book).is_allowed());
+    assert_eq!(book.count(&TagFilter::default()), 2);
+}
