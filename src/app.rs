@@ -13,11 +13,11 @@ use crate::check::{CheckOptions, Checker};
 use crate::cli::{OnRegistryError, ServeArgs};
 use crate::extauthz::ExtAuthzService;
 use crate::extproc::ExtProcService;
-use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use crate::metrics::Metrics;
 use crate::preflight::{PolicyService, REFLECTION_DESCRIPTOR_SET, pb::policy_server::PolicyServer};
 use crate::registry::{Credentials, RegistryClient, RegistryConfig};
 use crate::reload::{self, ReloadOptions};
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 /// gRPC messages carry a manifest of up to 4 MiB plus headers; Envoy buffers up to 5 MiB on the
 /// manifest route. tonic's default 4 MiB limit would turn a legal manifest into a 500.
@@ -85,7 +85,12 @@ pub async fn run(args: ServeArgs) -> Result<(), AppError> {
         allow_on_registry_error: args.on_registry_error == OnRegistryError::Allow,
         reservation_ttl: args.reservation_ttl,
     };
-    let checker = Arc::new(Checker::new(registry, policy.clone(), options, metrics.clone()));
+    let checker = Arc::new(Checker::new(
+        registry,
+        policy.clone(),
+        options,
+        metrics.clone(),
+    ));
 
     let grpc_listener = TcpListener::bind(args.grpc_listen)
         .await
@@ -114,9 +119,10 @@ pub async fn run(args: ServeArgs) -> Result<(), AppError> {
         .set_serving::<ExternalProcessorServer<ExtProcService<RegistryClient>>>()
         .await;
 
-    let extproc = ExternalProcessorServer::new(ExtProcService::new(checker.clone(), metrics.clone()))
-        .max_decoding_message_size(GRPC_MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(GRPC_MAX_MESSAGE_BYTES);
+    let extproc =
+        ExternalProcessorServer::new(ExtProcService::new(checker.clone(), metrics.clone()))
+            .max_decoding_message_size(GRPC_MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(GRPC_MAX_MESSAGE_BYTES);
 
     let extauthz = AuthorizationServer::new(ExtAuthzService::new(checker.clone()))
         .max_decoding_message_size(GRPC_MAX_MESSAGE_BYTES)

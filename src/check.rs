@@ -149,7 +149,8 @@ impl BookState {
     }
 
     fn is_fresh(&self, now: Instant, ttl: Duration) -> bool {
-        self.fetched_at.is_some_and(|at| now.duration_since(at) < ttl)
+        self.fetched_at
+            .is_some_and(|at| now.duration_since(at) < ttl)
     }
 }
 
@@ -200,7 +201,9 @@ impl Books {
             }
             let state = repo.lock();
             state.book.has_reservations()
-                || state.last_used.is_some_and(|t| now.duration_since(t) < idle)
+                || state
+                    .last_used
+                    .is_some_and(|t| now.duration_since(t) < idle)
         });
         before - repos.len()
     }
@@ -288,7 +291,7 @@ impl<S: TagSource> Checker<S> {
             body,
         };
         let checked = match snapshot.policy.evaluate(&push) {
-            Evaluation::Done(decision) => self.from_decision(decision, write, None),
+            Evaluation::Done(decision) => self.settle_decision(decision, write, None),
             Evaluation::NeedTags(query) => {
                 let facts = query.facts().clone();
                 let repo = self.books.get(&write.repository);
@@ -296,7 +299,7 @@ impl<S: TagSource> Checker<S> {
                 match tokio::time::timeout(deadline, self.decide_with_tags(&repo, query, reserve))
                     .await
                 {
-                    Ok(Ok(decision)) => self.from_decision(decision, write, Some(repo)),
+                    Ok(Ok(decision)) => self.settle_decision(decision, write, Some(repo)),
                     Ok(Err(error)) => self.unavailable(facts, error),
                     Err(_) => self.unavailable(facts, TagError::Timeout(deadline)),
                 }
@@ -359,7 +362,7 @@ impl<S: TagSource> Checker<S> {
         }
     }
 
-    fn from_decision(
+    fn settle_decision(
         &self,
         decision: Decision,
         write: &ManifestWrite,
@@ -427,10 +430,10 @@ impl<S: TagSource> Checker<S> {
             .inc();
         self.metrics.decision_seconds.observe(elapsed.as_secs_f64());
         let f = &checked.facts;
-        let rule = f
-            .rule
-            .as_ref()
-            .map_or_else(|| "global".to_owned(), |r| format!("{}:{}", r.index, r.path));
+        let rule = f.rule.as_ref().map_or_else(
+            || "global".to_owned(),
+            |r| format!("{}:{}", r.index, r.path),
+        );
         macro_rules! decision_line {
             ($level:ident) => {
                 tracing::$level!(
@@ -492,8 +495,10 @@ impl<S: TagSource> Checker<S> {
 
     /// Forgets idle repositories; call periodically.
     pub fn sweep(&self) -> usize {
-        self.books
-            .sweep(Instant::now(), self.options.tag_cache_ttl.max(Duration::from_secs(60)))
+        self.books.sweep(
+            Instant::now(),
+            self.options.tag_cache_ttl.max(Duration::from_secs(60)),
+        )
     }
 }
 

@@ -60,23 +60,43 @@ pub struct ServeArgs {
     #[arg(long, env = "REGISTRY_GATEWAY_CONFIG")]
     pub config: PathBuf,
     /// gRPC address for ext_proc, ext_authz, the pre-flight API, health and reflection.
-    #[arg(long, env = "REGISTRY_GATEWAY_GRPC_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "REGISTRY_GATEWAY_GRPC_LISTEN",
+        default_value = "127.0.0.1:50051"
+    )]
     pub grpc_listen: SocketAddr,
     /// HTTP address for /metrics, /healthz, /readyz and /status.
-    #[arg(long, env = "REGISTRY_GATEWAY_ADMIN_LISTEN", default_value = "127.0.0.1:9091")]
+    #[arg(
+        long,
+        env = "REGISTRY_GATEWAY_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9091"
+    )]
     pub admin_listen: SocketAddr,
     /// Where tags are listed: the registry itself, or Harbor's external URL.
     #[arg(long, env = "REGISTRY_GATEWAY_REGISTRY_URL")]
     pub registry_url: reqwest::Url,
     /// A mounted Secret with files `username`, `password` and optionally `insecure`; re-read
     /// when it changes.
-    #[arg(long, env = "REGISTRY_GATEWAY_REGISTRY_CREDENTIALS_DIR", conflicts_with = "registry_username")]
+    #[arg(
+        long,
+        env = "REGISTRY_GATEWAY_REGISTRY_CREDENTIALS_DIR",
+        conflicts_with = "registry_username"
+    )]
     pub registry_credentials_dir: Option<PathBuf>,
     /// Registry user name for the tag list (Basic, or for the Bearer token flow).
-    #[arg(long, env = "REGISTRY_GATEWAY_REGISTRY_USERNAME", requires = "registry_password")]
+    #[arg(
+        long,
+        env = "REGISTRY_GATEWAY_REGISTRY_USERNAME",
+        requires = "registry_password"
+    )]
     pub registry_username: Option<String>,
     /// Registry password or robot secret. Prefer the environment variable to the flag.
-    #[arg(long, env = "REGISTRY_GATEWAY_REGISTRY_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "REGISTRY_GATEWAY_REGISTRY_PASSWORD",
+        hide_env_values = true
+    )]
     pub registry_password: Option<String>,
     /// Accept an invalid TLS certificate from the registry, and allow plain HTTP.
     #[arg(long, env = "REGISTRY_GATEWAY_REGISTRY_INSECURE")]
@@ -88,7 +108,12 @@ pub struct ServeArgs {
     #[arg(long, env = "REGISTRY_GATEWAY_DECISION_TIMEOUT", default_value = "2500ms", value_parser = parse_duration)]
     pub decision_timeout: Duration,
     /// What to do when the tag list cannot be read.
-    #[arg(long, env = "REGISTRY_GATEWAY_ON_REGISTRY_ERROR", value_enum, default_value = "deny")]
+    #[arg(
+        long,
+        env = "REGISTRY_GATEWAY_ON_REGISTRY_ERROR",
+        value_enum,
+        default_value = "deny"
+    )]
     pub on_registry_error: OnRegistryError,
     /// How long a repository's tag list is trusted before it is read again. Pushes and deletes
     /// seen through the gateway keep it current in between.
@@ -105,7 +130,12 @@ pub struct ServeArgs {
     #[arg(long, env = "REGISTRY_GATEWAY_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
     /// Log format.
-    #[arg(long, env = "REGISTRY_GATEWAY_LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(
+        long,
+        env = "REGISTRY_GATEWAY_LOG_FORMAT",
+        value_enum,
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
     /// Log filter, as RUST_LOG (for example `info` or `registry_gateway=debug`).
     #[arg(long, env = "REGISTRY_GATEWAY_LOG", default_value = "info")]
@@ -127,9 +157,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        other => return Err(format!("unknown duration unit `{other}`; use ms, s, m or h")),
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}`; use ms, s, m or h"
+            ));
+        }
     };
-    if !seconds.is_finite() || seconds < 0.0 || seconds > 86_400.0 * 365.0 {
+    if !seconds.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&seconds) {
         return Err(format!("`{text}` is out of range"));
     }
     Ok(Duration::from_secs_f64(seconds))

@@ -68,7 +68,12 @@ fn load(path: &Path) -> Result<(Policy, String), (u8, LoadError)> {
 
 fn report(err: &mut dyn Write, code: u8, error: &LoadError) -> u8 {
     // Nothing better to do if stderr is gone too; the exit code still says it.
-    let _ = writeln!(err, "{error}");
+    let _ = if code == EXIT_INVALID {
+        writeln!(err, "{error}")
+    } else {
+        let problems: Vec<String> = error.problems.iter().map(|p| format!("\n  {p}")).collect();
+        writeln!(err, "cannot read the configuration:{}", problems.concat())
+    };
     code
 }
 
@@ -179,12 +184,25 @@ fn explain_json(repository: &str, rule: Option<&Rule>, limits: &Limits, hash: &s
 /// the registry sees it in `/v2/<name>/manifests/...`, without host, tag or digest.
 fn name_hint(repository: &str) -> Option<&'static str> {
     let first = repository.split('/').next().unwrap_or_default();
-    if repository.contains('@') || repository.rsplit('/').next().is_some_and(|last| last.contains(':')) {
-        Some("this looks like an image reference with a tag or digest; rules match the repository name alone, such as `project-1/app`")
-    } else if repository.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost") {
-        Some("the first component looks like a registry host; rules match the repository name without it, such as `project-1/app`")
+    if repository.contains('@')
+        || repository
+            .rsplit('/')
+            .next()
+            .is_some_and(|last| last.contains(':'))
+    {
+        Some(
+            "this looks like an image reference with a tag or digest; rules match the repository name alone, such as `project-1/app`",
+        )
+    } else if repository.contains('/')
+        && (first.contains('.') || first.contains(':') || first == "localhost")
+    {
+        Some(
+            "the first component looks like a registry host; rules match the repository name without it, such as `project-1/app`",
+        )
     } else if repository.chars().any(|c| c.is_ascii_uppercase()) {
-        Some("repository names are lowercase in OCI registries; a push to this name would be refused by the registry")
+        Some(
+            "repository names are lowercase in OCI registries; a push to this name would be refused by the registry",
+        )
     } else {
         None
     }
@@ -197,6 +215,15 @@ mod tests {
     const SEED: &str = "tests/fixtures/policy/valid/seed.yaml";
     const SEED_CONFIGMAP: &str = "tests/fixtures/policy/valid/seed-configmap.yaml";
 
+    /// repository, expected rule (index, path), max bytes, max display, tag limit.
+    type SeedRow = (
+        &'static str,
+        Option<(u64, &'static str)>,
+        u64,
+        &'static str,
+        u64,
+    );
+
     fn run(f: impl FnOnce(&mut Vec<u8>, &mut Vec<u8>) -> u8) -> (u8, String, String) {
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let code = f(&mut out, &mut err);
@@ -205,8 +232,7 @@ mod tests {
     }
 
     fn explain_json_of(config: &str, repository: &str) -> serde_json::Value {
-        let (code, out, err) =
-            run(|o, e| explain(Path::new(config), repository, true, o, e));
+        let (code, out, err) = run(|o, e| explain(Path::new(config), repository, true, o, e));
         assert_eq!(code, 0, "{err}");
         assert_eq!(out.lines().count(), 1, "exactly one line: {out}");
         serde_json::from_str(&out).expect("one JSON object")
@@ -214,10 +240,28 @@ mod tests {
 
     #[test]
     fn explain_answers_the_seed_table_in_both_file_shapes() {
-        let table: [(&str, Option<(u64, &str)>, u64, &str, u64); 4] = [
-            ("project-1/app", Some((0, "^project-1/.*")), 20_971_520, "20MB", 3),
-            ("project-2/big-image", Some((1, "^project-2/big-image/.*")), 5 << 30, "5GB", 200),
-            ("project-2/api", Some((2, "^project-2/.*")), 52_428_800, "50MB", 10),
+        let table: [SeedRow; 4] = [
+            (
+                "project-1/app",
+                Some((0, "^project-1/.*")),
+                20_971_520,
+                "20MB",
+                3,
+            ),
+            (
+                "project-2/big-image",
+                Some((1, "^project-2/big-image/.*")),
+                5 << 30,
+                "5GB",
+                200,
+            ),
+            (
+                "project-2/api",
+                Some((2, "^project-2/.*")),
+                52_428_800,
+                "50MB",
+                10,
+            ),
             ("library/nginx", None, 104_857_600, "100MB", 100),
         ];
         for config in [SEED, SEED_CONFIGMAP] {
@@ -252,10 +296,24 @@ mod tests {
         let (code, out, _) = run(|o, e| explain(Path::new(SEED), "project-1/app", false, o, e));
         assert_eq!(code, 0);
         assert!(out.contains("rule 0 (path `^project-1/.*`"), "{out}");
-        assert!(out.contains("20MB (20971520 bytes)") && out.contains("tag_count_limit: 3"), "{out}");
+        assert!(
+            out.contains("20MB (20971520 bytes)") && out.contains("tag_count_limit: 3"),
+            "{out}"
+        );
         let (_, out, _) = run(|o, e| explain(Path::new(SEED), "library/nginx", false, o, e));
-        assert!(out.contains("global limits apply") && out.contains("100MB (104857600 bytes)"), "{out}");
-        let (_, out, _) = run(|o, e| explain(Path::new(SEED), "harbor.example.com/project-1/app:v1", false, o, e));
+        assert!(
+            out.contains("global limits apply") && out.contains("100MB (104857600 bytes)"),
+            "{out}"
+        );
+        let (_, out, _) = run(|o, e| {
+            explain(
+                Path::new(SEED),
+                "harbor.example.com/project-1/app:v1",
+                false,
+                o,
+                e,
+            )
+        });
         assert!(out.contains("note:"), "{out}");
     }
 
@@ -265,19 +323,43 @@ mod tests {
         assert_eq!(code, 0, "{err}");
         assert!(err.is_empty());
         let lines: Vec<&str> = out.lines().collect();
-        assert!(lines[1].starts_with("global: max_image_size 100MB (104857600 bytes), tag_count_limit 100"), "{out}");
-        assert!(lines[2].starts_with("rule 0: path `^project-1/.*`") && lines[2].contains("20MB (20971520 bytes), tag_count_limit 3"), "{out}");
-        assert!(lines[3].contains("rule 1: path `^project-2/big-image/.*`") && lines[3].contains("5GB (5368709120 bytes), tag_count_limit 200"), "{out}");
-        assert!(lines[4].contains("rule 2: path `^project-2/.*`") && lines[4].contains("50MB (52428800 bytes), tag_count_limit 10"), "{out}");
+        assert!(
+            lines[1]
+                .starts_with("global: max_image_size 100MB (104857600 bytes), tag_count_limit 100"),
+            "{out}"
+        );
+        assert!(
+            lines[2].starts_with("rule 0: path `^project-1/.*`")
+                && lines[2].contains("20MB (20971520 bytes), tag_count_limit 3"),
+            "{out}"
+        );
+        assert!(
+            lines[3].contains("rule 1: path `^project-2/big-image/.*`")
+                && lines[3].contains("5GB (5368709120 bytes), tag_count_limit 200"),
+            "{out}"
+        );
+        assert!(
+            lines[4].contains("rule 2: path `^project-2/.*`")
+                && lines[4].contains("50MB (52428800 bytes), tag_count_limit 10"),
+            "{out}"
+        );
     }
 
     #[test]
     fn check_config_shows_exclude_tags_when_set() {
-        let (code, out, err) =
-            run(|o, e| check_config(Path::new("tests/fixtures/policy/valid/numbers-and-strings.yaml"), o, e));
+        let (code, out, err) = run(|o, e| {
+            check_config(
+                Path::new("tests/fixtures/policy/valid/numbers-and-strings.yaml"),
+                o,
+                e,
+            )
+        });
         assert_eq!(code, 0, "{err}");
         assert!(out.contains("global: max_image_size 1GB (1073741824 bytes), tag_count_limit 50, exclude_tags [^sha256-"), "{out}");
-        assert!(out.contains("1.5GB (1610612736 bytes), tag_count_limit 7\n"), "an empty rule list excludes nothing: {out}");
+        assert!(
+            out.contains("1.5GB (1610612736 bytes), tag_count_limit 7\n"),
+            "an empty rule list excludes nothing: {out}"
+        );
     }
 
     #[test]
@@ -289,7 +371,8 @@ mod tests {
             if yaml.extension().is_none_or(|e| e != "yaml") {
                 continue;
             }
-            let expect = std::fs::read_to_string(yaml.with_extension("expect")).expect("paired .expect");
+            let expect =
+                std::fs::read_to_string(yaml.with_extension("expect")).expect("paired .expect");
             for run_it in [true, false] {
                 let (code, out, err) = if run_it {
                     run(|o, e| check_config(&yaml, o, e))
@@ -297,9 +380,17 @@ mod tests {
                     run(|o, e| explain(&yaml, "project-1/app", true, o, e))
                 };
                 assert_eq!(code, 1, "{}: {err}", yaml.display());
-                assert!(out.is_empty(), "{}: nothing on stdout: {out}", yaml.display());
+                assert!(
+                    out.is_empty(),
+                    "{}: nothing on stdout: {out}",
+                    yaml.display()
+                );
                 for fragment in expect.lines().filter(|l| !l.trim().is_empty()) {
-                    assert!(err.contains(fragment), "{}: `{fragment}` missing from:\n{err}", yaml.display());
+                    assert!(
+                        err.contains(fragment),
+                        "{}: `{fragment}` missing from:\n{err}",
+                        yaml.display()
+                    );
                 }
             }
             seen += 1;
@@ -315,7 +406,10 @@ mod tests {
         for path in [dir.path().join("missing.yaml"), garbage] {
             let (code, out, err) = run(|o, e| check_config(&path, o, e));
             assert_eq!(code, 2, "{}", path.display());
-            assert!(out.is_empty() && err.contains(&path.display().to_string()), "{err}");
+            assert!(
+                out.is_empty() && err.contains(&path.display().to_string()),
+                "{err}"
+            );
             let (code, _, _) = run(|o, e| explain(&path, "a/b", true, o, e));
             assert_eq!(code, 2);
         }
@@ -347,7 +441,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (code, out, err) = run(|o, e| check_config(dir.path(), o, e));
         assert_eq!(code, 0, "{err}");
-        assert!(out.contains("global: max_image_size 1GB (1073741824 bytes), tag_count_limit 1000"), "{out}");
+        assert!(
+            out.contains("global: max_image_size 1GB (1073741824 bytes), tag_count_limit 1000"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -363,6 +460,9 @@ mod tests {
         }
         let mut err = Vec::new();
         assert_eq!(check_config(Path::new(SEED), &mut Closed, &mut err), 2);
-        assert_eq!(explain(Path::new(SEED), "a", true, &mut Closed, &mut Closed), 2);
+        assert_eq!(
+            explain(Path::new(SEED), "a", true, &mut Closed, &mut Closed),
+            2
+        );
     }
 }

@@ -62,7 +62,10 @@ pub fn read(path: &Path) -> Result<ConfigSource, LoadError> {
 fn read_text(path: &Path) -> std::io::Result<String> {
     let bytes = std::fs::read(path)?;
     String::from_utf8(bytes).map_err(|_| {
-        std::io::Error::new(std::io::ErrorKind::InvalidData, "the file is not UTF-8 text")
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the file is not UTF-8 text",
+        )
     })
 }
 

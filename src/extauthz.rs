@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use envoy_types::ext_authz::v3::pb::{
-    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderValue,
-    HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
+    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderValue, HeaderValueOption,
+    HttpResponse, HttpStatus, OkHttpResponse,
 };
 use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
@@ -33,13 +33,18 @@ impl<S> ExtAuthzService<S> {
 
 #[tonic::async_trait]
 impl<S: TagSource> Authorization for ExtAuthzService<S> {
-    async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
         let http = request
             .into_inner()
             .attributes
             .and_then(|a| a.request)
             .and_then(|r| r.http)
-            .ok_or_else(|| Status::invalid_argument("CheckRequest without attributes.request.http"))?;
+            .ok_or_else(|| {
+                Status::invalid_argument("CheckRequest without attributes.request.http")
+            })?;
         let Some(write) = ManifestWrite::from_request(&http.method, &http.path) else {
             return Ok(Response::new(allow()));
         };

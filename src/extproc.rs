@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, HeaderValueOption};
-use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Phase;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Reply;
@@ -20,6 +19,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     BodyResponse, HeaderMutation, HeadersResponse, HttpHeaders, ImmediateResponse,
     ProcessingRequest, ProcessingResponse, TrailersResponse,
 };
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -66,6 +66,7 @@ impl<S: TagSource> ExternalProcessor for ExtProcService<S> {
             content_type: None,
             body: Vec::new(),
             ticket: None,
+            answered_response: false,
         };
         tokio::spawn(stream.run(inbound, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -81,6 +82,8 @@ struct StreamState<S> {
     body: Vec<u8>,
     /// Held from an allowed `PUT` until the registry answers; dropping it releases the slots.
     ticket: Option<Ticket>,
+    /// The registry's response headers were answered: nothing more is owed to this request.
+    answered_response: bool,
 }
 
 impl<S: TagSource> StreamState<S> {
@@ -96,8 +99,11 @@ impl<S: TagSource> StreamState<S> {
                 // ticket is dropped here and releases its reservations.
                 Ok(None) => return,
                 Err(status) => {
-                    // Client cancellation is a normal ending (the downstream went away).
-                    if status.code() != tonic::Code::Cancelled {
+                    // Envoy resets the stream once the request is over rather than closing it, and a
+                    // client that goes away cancels it: both are normal endings.
+                    if self.answered_response || status.code() == tonic::Code::Cancelled {
+                        tracing::debug!(code = ?status.code(), "ext_proc stream reset after the exchange");
+                    } else {
                         tracing::warn!(code = ?status.code(), message = status.message(), "ext_proc stream failed");
                         Metrics::count(&self.metrics.stream_errors, "inbound");
                     }
@@ -108,7 +114,10 @@ impl<S: TagSource> StreamState<S> {
                 Ok(step) => step,
                 Err(status) => {
                     Metrics::count(&self.metrics.stream_errors, "protocol");
-                    tracing::warn!(message = status.message(), "ext_proc protocol error; ending the stream");
+                    tracing::warn!(
+                        message = status.message(),
+                        "ext_proc protocol error; ending the stream"
+                    );
                     let _ = tx.send(Err(status)).await;
                     return;
                 }
@@ -124,7 +133,10 @@ impl<S: TagSource> StreamState<S> {
     }
 
     /// Answers one phase; `true` when the request was answered locally and the stream is done.
-    async fn handle(&mut self, message: ProcessingRequest) -> Result<(ProcessingResponse, bool), Status> {
+    async fn handle(
+        &mut self,
+        message: ProcessingRequest,
+    ) -> Result<(ProcessingResponse, bool), Status> {
         let phase = message
             .request
             .ok_or_else(|| Status::invalid_argument("ProcessingRequest without a phase"))?;
@@ -134,15 +146,16 @@ impl<S: TagSource> StreamState<S> {
                 let path = header(&headers, ":path").unwrap_or_default();
                 self.write = ManifestWrite::from_request(&method, &path);
                 self.content_type = header(&headers, "content-type");
-                if let Some(write) = &self.write {
-                    if write.kind == WriteKind::Put && headers.end_of_stream {
-                        // A PUT without a body: no manifest to measure, so it is refused; an allow
-                        // would still be answered in this phase's own type.
-                        return Ok(match self.decide().await {
-                            Some(refusal) => (immediate(&refusal), true),
-                            None => (continue_headers(true), false),
-                        });
-                    }
+                if let Some(write) = &self.write
+                    && write.kind == WriteKind::Put
+                    && headers.end_of_stream
+                {
+                    // A PUT without a body: no manifest to measure, so it is refused; an allow
+                    // would still be answered in this phase's own type.
+                    return Ok(match self.decide().await {
+                        Some(refusal) => (immediate(&refusal), true),
+                        None => (continue_headers(true), false),
+                    });
                 }
                 Ok((continue_headers(true), false))
             }
@@ -159,7 +172,13 @@ impl<S: TagSource> StreamState<S> {
                         write.repository,
                         write.reference.as_str()
                     ));
-                    return Ok((immediate(&Rendered { http_status: 413, ..r }), true));
+                    return Ok((
+                        immediate(&Rendered {
+                            http_status: 413,
+                            ..r
+                        }),
+                        true,
+                    ));
                 }
                 self.body.extend_from_slice(&body.body);
                 if !body.end_of_stream {
@@ -170,7 +189,13 @@ impl<S: TagSource> StreamState<S> {
                         write.repository,
                         write.reference.as_str()
                     ));
-                    return Ok((immediate(&Rendered { http_status: 413, ..r }), true));
+                    return Ok((
+                        immediate(&Rendered {
+                            http_status: 413,
+                            ..r
+                        }),
+                        true,
+                    ));
                 }
                 Ok(match self.decide().await {
                     Some(refusal) => (immediate(&refusal), true),
@@ -184,11 +209,12 @@ impl<S: TagSource> StreamState<S> {
                 if let Some(ticket) = self.ticket.take() {
                     ticket.settle(status, &header_values(&headers, "oci-tag"));
                 }
-                if let Some(write) = &self.write {
-                    if write.kind == WriteKind::Delete {
-                        self.checker.observe_delete(write, status);
-                    }
+                if let Some(write) = &self.write
+                    && write.kind == WriteKind::Delete
+                {
+                    self.checker.observe_delete(write, status);
                 }
+                self.answered_response = true;
                 Ok((continue_headers(false), false))
             }
             Phase::ResponseBody(_) => Ok((continue_body(false), false)),
@@ -215,7 +241,12 @@ impl<S: TagSource> StreamState<S> {
         let body = std::mem::take(&mut self.body);
         let checked = self
             .checker
-            .check_push(Transport::ExtProc, write, self.content_type.as_deref(), &body)
+            .check_push(
+                Transport::ExtProc,
+                write,
+                self.content_type.as_deref(),
+                &body,
+            )
             .await;
         let refusal = respond::render(&checked.outcome);
         if refusal.is_none() {

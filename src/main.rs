@@ -34,7 +34,10 @@ fn serve(args: registry_gateway::cli::ServeArgs) -> ExitCode {
         eprintln!("registry-gateway: {e}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("registry-gateway: cannot start the runtime: {e}");

@@ -57,13 +57,10 @@ impl Metrics {
         );
         // 50 µs to ~3 s: warm decisions are well under a millisecond, cold ones wait on the
         // registry's tag list.
-        let decision_seconds = Histogram::new(
-            [
-                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                0.25, 0.5, 1.0, 2.5,
-            ]
-            .into_iter(),
-        );
+        let decision_seconds = Histogram::new([
+            0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+            0.5, 1.0, 2.5,
+        ]);
         registry.register(
             "decision_duration_seconds",
             "Time to decide a manifest write, tag-list fetches included",

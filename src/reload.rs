@@ -119,8 +119,10 @@ impl Drop for ReloadHandle {
 /// the handle that stops it all. Sets the `config_version` and `config_loaded_timestamp`
 /// gauges for `initial`.
 ///
-/// Changes made after `spawn` returns are seen; a change made between [`load_initial`] and
-/// `spawn` is caught by one re-read at start. Must be called within a Tokio runtime.
+/// Changes made after `spawn` returns are seen. A change made between [`load_initial`] and
+/// `spawn` is caught by one re-read, on the caller's thread, before `spawn` returns (it counts
+/// as `applied` or `invalid` if it finds one, and is not counted when nothing changed). Must be
+/// called within a Tokio runtime.
 pub fn spawn(
     path: PathBuf,
     initial: Snapshot,
@@ -154,8 +156,10 @@ fn spawn_inner(
         use_watcher,
         echo: None,
     };
-    // Arm before returning, so that the caller's next change is an event we receive.
+    // Arm before returning, so that the caller's next change is an event we receive; then read
+    // once more, for a change made between `load_initial` and the arming.
     reloader.arm();
+    reloader.reload_blocking(Trigger::Start);
     let task = tokio::spawn(reloader.run());
     let handle = ReloadHandle {
         watch,
@@ -222,7 +226,6 @@ impl Reloader {
         let resync = self.options.resync.max(Duration::from_millis(10));
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + resync, resync);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        self.reload(Trigger::Start).await;
         loop {
             let trigger = tokio::select! {
                 signal = self.signal_rx.recv() => {
@@ -278,13 +281,14 @@ impl Reloader {
         }
         if state.watcher.is_none() {
             let signals = self.signals.clone();
-            let created = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                let read_only = event.as_ref().is_ok_and(|e| is_read_only(&e.kind));
-                let _ = signals.send(Signal {
-                    at: Instant::now(),
-                    read_only,
+            let created =
+                notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                    let read_only = event.as_ref().is_ok_and(|e| is_read_only(&e.kind));
+                    let _ = signals.send(Signal {
+                        at: Instant::now(),
+                        read_only,
+                    });
                 });
-            });
             match created {
                 Ok(watcher) => state.watcher = Some(watcher),
                 Err(e) => {
@@ -297,9 +301,7 @@ impl Reloader {
                 }
             }
         }
-        let WatchState {
-            watcher, armed, ..
-        } = &mut *state;
+        let WatchState { watcher, armed, .. } = &mut *state;
         let Some(watcher) = watcher.as_mut() else {
             return;
         };
@@ -330,43 +332,56 @@ impl Reloader {
         }
     }
 
-    /// Re-reads through the path and applies what it finds.
+    /// Re-reads through the path and applies what it finds; the reading and compiling happen
+    /// on the blocking pool.
     async fn reload(&mut self, trigger: Trigger) {
         let path = self.path.clone();
+        let current = self.snapshots.borrow().hash.clone();
         let started = Instant::now();
-        let read = tokio::task::spawn_blocking(move || read_consistent(&path)).await;
+        let outcome = tokio::task::spawn_blocking(move || reread(&path, &current))
+            .await
+            .unwrap_or_else(|e| Outcome::Invalid(internal_error(&self.path, &e.to_string())));
         self.echo = Some((started, Instant::now() + ECHO_GRACE));
-        let source = match read {
-            Ok(Ok(source)) => source,
-            Ok(Err(e)) => return self.reject(e),
-            Err(e) => return self.reject(internal_error(&self.path, &e.to_string())),
-        };
-        let hash = config::fingerprint(&source);
+        self.apply(trigger, outcome);
+    }
+
+    /// The same, on the caller's thread: once at start, right after the watch is armed.
+    fn reload_blocking(&mut self, trigger: Trigger) {
+        let current = self.snapshots.borrow().hash.clone();
+        let started = Instant::now();
+        let outcome = reread(&self.path, &current);
+        self.echo = Some((started, Instant::now() + ECHO_GRACE));
+        self.apply(trigger, outcome);
+    }
+
+    fn apply(&mut self, trigger: Trigger, outcome: Outcome) {
         let current = Arc::clone(&self.snapshots.borrow());
-        if hash == current.hash {
-            let restored = {
-                let mut status = lock(&self.status);
-                status.last_error_at = None;
-                status.last_error.take().is_some()
-            };
-            if restored {
-                tracing::info!(
+        let (policy, hash) = match outcome {
+            Outcome::Invalid(error) => return self.reject(error),
+            Outcome::Unchanged => {
+                let restored = {
+                    let mut status = lock(&self.status);
+                    status.last_error_at = None;
+                    status.last_error.take().is_some()
+                };
+                if restored {
+                    tracing::info!(
+                        version = current.version,
+                        hash = %current.hash,
+                        "configuration is back to the version in force"
+                    );
+                }
+                if trigger != Trigger::Start {
+                    Metrics::count(&self.metrics.reloads, "unchanged");
+                }
+                tracing::debug!(
                     version = current.version,
-                    hash = %current.hash,
-                    "configuration is valid again and unchanged; version stays in force"
+                    ?trigger,
+                    "configuration unchanged"
                 );
+                return;
             }
-            if trigger != Trigger::Start {
-                Metrics::count(&self.metrics.reloads, "unchanged");
-                tracing::debug!(version = current.version, ?trigger, "configuration unchanged");
-            }
-            return;
-        }
-        let compiled = tokio::task::spawn_blocking(move || crate::policy::compile(&source)).await;
-        let policy = match compiled {
-            Ok(Ok(policy)) => policy,
-            Ok(Err(e)) => return self.reject(e),
-            Err(e) => return self.reject(internal_error(&self.path, &e.to_string())),
+            Outcome::Changed(policy, hash) => (policy, hash),
         };
         let snapshot = Snapshot {
             policy,
@@ -412,6 +427,32 @@ impl Reloader {
     }
 }
 
+/// What one re-read found.
+enum Outcome {
+    /// The same texts as the version in force.
+    Unchanged,
+    /// New texts that compile: the policy and their fingerprint.
+    Changed(Policy, String),
+    /// Unreadable, or invalid; the version in force stays.
+    Invalid(LoadError),
+}
+
+/// Reads through the path, compares the fingerprint with `current`, and compiles if it differs.
+fn reread(path: &Path, current: &str) -> Outcome {
+    let source = match read_consistent(path) {
+        Ok(source) => source,
+        Err(e) => return Outcome::Invalid(e),
+    };
+    let hash = config::fingerprint(&source);
+    if hash == current {
+        return Outcome::Unchanged;
+    }
+    match crate::policy::compile(&source) {
+        Ok(policy) => Outcome::Changed(policy, hash),
+        Err(e) => Outcome::Invalid(e),
+    }
+}
+
 /// Reads the configuration, and reads again if the symlink chain moved meanwhile: a kubelet swap
 /// during a directory read could otherwise mix keys of the old and the new version.
 fn read_consistent(path: &Path) -> Result<ConfigSource, LoadError> {
@@ -436,9 +477,10 @@ fn chain_marker(path: &Path) -> Option<PathBuf> {
     }
 }
 
-/// The directories whose entries decide what `path` reads: the one holding it (or the path
-/// itself when it is a directory), the directory of every symlink hop, and the directory of the
-/// resolved target. Canonical, deduplicated, existing only.
+/// The directories whose entries decide what `path` reads: the path itself when it is a
+/// directory (a ConfigMap mount), else the directory holding it; the directory of every symlink
+/// hop on the way (so a repointed link is seen); and the directory of the resolved target.
+/// Canonical, deduplicated, existing only.
 fn watch_dirs(path: &Path) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = Vec::new();
     let mut add = |dir: &Path| {
@@ -451,19 +493,17 @@ fn watch_dirs(path: &Path) -> Vec<PathBuf> {
     };
     if path.is_dir() {
         add(path);
+    } else {
+        add(&holder(path));
     }
-    // The links on the way, each relative to the directory holding it.
     let mut hop = path.to_path_buf();
-    for _ in 0..40 {
-        let holder = match hop.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
+    for _ in 0..MAX_SYMLINK_HOPS {
+        let Ok(target) = std::fs::read_link(&hop) else {
+            break;
         };
-        add(&holder);
-        match std::fs::read_link(&hop) {
-            Ok(target) => hop = holder.join(target),
-            Err(_) => break,
-        }
+        let dir = holder(&hop);
+        add(&dir);
+        hop = dir.join(target);
     }
     if let Ok(real) = std::fs::canonicalize(path) {
         if real.is_dir() {
@@ -473,6 +513,17 @@ fn watch_dirs(path: &Path) -> Vec<PathBuf> {
         }
     }
     dirs
+}
+
+/// Linux's own limit on symlinks followed in one lookup.
+const MAX_SYMLINK_HOPS: usize = 40;
+
+/// The directory holding `path` (`.` for a bare file name).
+fn holder(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 /// Events that an open or a read produces, which never change what a file holds. Everything
@@ -547,4 +598,164 @@ fn set_gauges(metrics: &Metrics, snapshot: &Snapshot) {
 /// A poisoned lock only means another thread panicked mid-update of plain data; use it anyway.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, DataChange, ModifyKind, RemoveKind};
+    use std::os::unix::fs::symlink;
+
+    fn real(path: &Path) -> PathBuf {
+        std::fs::canonicalize(path).expect("exists")
+    }
+
+    #[test]
+    fn watched_directories_follow_the_path_its_links_and_its_target() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let root = real(tmp.path());
+        let mkdir = |name: &str| {
+            let dir = root.join(name);
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            dir
+        };
+        let plain = mkdir("plain");
+        std::fs::write(plain.join("config.yaml"), "").expect("write");
+        // A ConfigMap mount with one key, `--config` naming the key's visible link.
+        let mount = mkdir("mount");
+        let stamp = mkdir("mount/..2026_01_01_00_00_00.1");
+        std::fs::write(stamp.join("config.yaml"), "").expect("write");
+        symlink("..2026_01_01_00_00_00.1", mount.join("..data")).expect("link");
+        symlink("..data/config.yaml", mount.join("config.yaml")).expect("link");
+        // A chain across three directories, and a symlinked directory.
+        let (a, b, c) = (mkdir("a"), mkdir("b"), mkdir("c"));
+        std::fs::write(c.join("real.yaml"), "").expect("write");
+        symlink("../c/real.yaml", b.join("hop.yaml")).expect("link");
+        symlink("../b/hop.yaml", a.join("config.yaml")).expect("link");
+        symlink(&mount, root.join("mount-link")).expect("link");
+
+        let table: [(PathBuf, Vec<PathBuf>); 6] = [
+            (plain.join("config.yaml"), vec![plain.clone()]),
+            (plain.join("missing.yaml"), vec![plain.clone()]),
+            (mount.clone(), vec![mount.clone()]),
+            (
+                mount.join("config.yaml"),
+                vec![mount.clone(), stamp.clone()],
+            ),
+            (a.join("config.yaml"), vec![a.clone(), b.clone(), c.clone()]),
+            (root.join("mount-link"), vec![mount.clone(), root.clone()]),
+        ];
+        for (path, expected) in table {
+            assert_eq!(watch_dirs(&path), expected, "{}", path.display());
+        }
+    }
+
+    #[test]
+    fn only_opens_and_reads_can_be_echoes_of_our_own_read() {
+        let table = [
+            (EventKind::Access(AccessKind::Open(AccessMode::Any)), true),
+            (EventKind::Access(AccessKind::Read), true),
+            (EventKind::Access(AccessKind::Close(AccessMode::Read)), true),
+            (
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                false,
+            ),
+            (EventKind::Access(AccessKind::Close(AccessMode::Any)), false),
+            (EventKind::Modify(ModifyKind::Data(DataChange::Any)), false),
+            (EventKind::Modify(ModifyKind::Any), false),
+            (EventKind::Create(CreateKind::Any), false),
+            (EventKind::Remove(RemoveKind::Folder), false),
+            (EventKind::Any, false),
+            (EventKind::Other, false),
+        ];
+        for (kind, echo) in table {
+            assert_eq!(is_read_only(&kind), echo, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn a_burst_settles_after_the_quiet_time_or_at_its_cap() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut burst = Burst::new(t0, ms(200));
+        assert_eq!(burst.deadline(), t0 + ms(200));
+        burst.event(t0 + ms(150));
+        assert_eq!(burst.deadline(), t0 + ms(350));
+        // A late-delivered, earlier event does not move the deadline back.
+        burst.event(t0 + ms(10));
+        assert_eq!(burst.deadline(), t0 + ms(350));
+        // A directory that never goes quiet is cut off at three debounce periods.
+        burst.event(t0 + ms(550));
+        assert_eq!(burst.deadline(), t0 + ms(600));
+    }
+
+    #[test]
+    fn a_swapped_configmap_is_marked_by_its_data_link() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(tmp.path().join("..v1")).expect("mkdir");
+        symlink("..v1", tmp.path().join("..data")).expect("link");
+        assert_eq!(chain_marker(tmp.path()), Some(PathBuf::from("..v1")));
+        assert_eq!(chain_marker(&tmp.path().join("missing.yaml")), None);
+    }
+
+    #[tokio::test]
+    async fn without_a_watcher_the_periodic_re_read_applies_changes() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("config.yaml");
+        std::fs::write(&path, "tag_count_limit: 5\n").expect("write");
+        let initial = load_initial(&path).expect("valid");
+        let metrics = Arc::new(Metrics::new());
+        let options = ReloadOptions {
+            debounce: Duration::from_millis(200),
+            resync: Duration::from_millis(50),
+        };
+        let (mut rx, status, _handle) =
+            spawn_inner(path.clone(), initial, Arc::clone(&metrics), options, false);
+        assert_eq!(metrics.config_version.get(), 1);
+
+        std::fs::write(&path, "tag_count_limit: x\n").expect("break it");
+        let start = Instant::now();
+        while lock(&status).last_error.is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(2),
+                "invalid edit not seen"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        std::fs::write(&path, "tag_count_limit: 7\n").expect("fix it");
+        let applied = tokio::time::timeout(
+            Duration::from_secs(2),
+            rx.wait_for(|s| s.policy.global().tag_count_limit == 7),
+        )
+        .await;
+        assert!(matches!(applied, Ok(Ok(_))), "not applied by the re-read");
+        assert_eq!(metrics.config_version.get(), 2);
+        assert!(lock(&status).last_error.is_none());
+        assert!(
+            metrics
+                .reloads
+                .get_or_create(&crate::metrics::ResultLabels { result: "invalid" })
+                .get()
+                >= 1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_change_before_spawn_is_caught_by_the_start_re_read() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let path = tmp.path().join("config.yaml");
+        std::fs::write(&path, "tag_count_limit: 5\n").expect("write");
+        let initial = load_initial(&path).expect("valid");
+        std::fs::write(&path, "tag_count_limit: 6\n").expect("rewrite");
+        let options = ReloadOptions {
+            resync: Duration::from_secs(3600),
+            ..ReloadOptions::default()
+        };
+        let (rx, _status, _handle) = spawn(path, initial, Arc::new(Metrics::new()), options);
+        let snapshot = Arc::clone(&rx.borrow());
+        assert_eq!(
+            (snapshot.version, snapshot.policy.global().tag_count_limit),
+            (2, 6)
+        );
+    }
 }

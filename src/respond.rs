@@ -122,7 +122,10 @@ mod tests {
             message: "x".into(),
         };
         let r = render(&outcome).expect("refusal");
-        assert_eq!((r.http_status, r.oci_code, r.grpc_code), (503, "UNAVAILABLE", tonic::Code::Unavailable));
+        assert_eq!(
+            (r.http_status, r.oci_code, r.grpc_code),
+            (503, "UNAVAILABLE", tonic::Code::Unavailable)
+        );
         assert!(render(&Outcome::Allow).is_none());
     }
 }

@@ -29,8 +29,11 @@ impl TagSource for FakeSource {
 }
 
 fn snapshot(yaml: &str) -> watch::Receiver<Arc<Snapshot>> {
-    let policy = crate::policy::compile(&ConfigSource::File { name: "t".into(), text: yaml.into() })
-        .expect("valid");
+    let policy = crate::policy::compile(&ConfigSource::File {
+        name: "t".into(),
+        text: yaml.into(),
+    })
+    .expect("valid");
     let (tx, rx) = watch::channel(Arc::new(Snapshot {
         policy,
         version: 1,
@@ -42,7 +45,12 @@ fn snapshot(yaml: &str) -> watch::Receiver<Arc<Snapshot>> {
 }
 
 fn checker(source: FakeSource, yaml: &str, options: CheckOptions) -> Arc<Checker<FakeSource>> {
-    Arc::new(Checker::new(source, snapshot(yaml), options, Arc::new(Metrics::new())))
+    Arc::new(Checker::new(
+        source,
+        snapshot(yaml),
+        options,
+        Arc::new(Metrics::new()),
+    ))
 }
 
 fn source_with(tags: &[&str]) -> FakeSource {
@@ -84,45 +92,102 @@ async fn concurrent_new_tags_admit_exactly_the_room_left() {
         tickets.extend(ticket);
     }
     assert_eq!(allowed, 2);
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "concurrent fetches are coalesced");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "concurrent fetches are coalesced"
+    );
     drop(tickets);
 }
 
 #[tokio::test]
 async fn a_failed_push_releases_its_slot_and_a_committed_one_keeps_it() {
-    let c = checker(source_with(&["a"]), "tag_count_limit: 2\n", CheckOptions::default());
+    let c = checker(
+        source_with(&["a"]),
+        "tag_count_limit: 2\n",
+        CheckOptions::default(),
+    );
     let w = put("/v2/r/manifests/b");
-    let t = c.check_push(Transport::ExtProc, &w, Some(OCI), BODY).await.ticket.expect("allowed");
+    let t = c
+        .check_push(Transport::ExtProc, &w, Some(OCI), BODY)
+        .await
+        .ticket
+        .expect("allowed");
     let w2 = put("/v2/r/manifests/c");
-    assert!(matches!(c.check_push(Transport::ExtProc, &w2, Some(OCI), BODY).await.outcome, Outcome::Deny(_)));
+    assert!(matches!(
+        c.check_push(Transport::ExtProc, &w2, Some(OCI), BODY)
+            .await
+            .outcome,
+        Outcome::Deny(_)
+    ));
     t.settle(400, &[]);
-    let t2 = c.check_push(Transport::ExtProc, &w2, Some(OCI), BODY).await.ticket.expect("slot freed");
+    let t2 = c
+        .check_push(Transport::ExtProc, &w2, Some(OCI), BODY)
+        .await
+        .ticket
+        .expect("slot freed");
     t2.settle(201, &[]);
-    assert!(matches!(c.check_push(Transport::ExtProc, &w, Some(OCI), BODY).await.outcome, Outcome::Deny(_)));
+    assert!(matches!(
+        c.check_push(Transport::ExtProc, &w, Some(OCI), BODY)
+            .await
+            .outcome,
+        Outcome::Deny(_)
+    ));
     // Re-pushing the committed tag moves it.
-    assert_eq!(c.check_push(Transport::ExtProc, &w2, Some(OCI), BODY).await.outcome, Outcome::Allow);
+    assert_eq!(
+        c.check_push(Transport::ExtProc, &w2, Some(OCI), BODY)
+            .await
+            .outcome,
+        Outcome::Allow
+    );
 }
 
 #[tokio::test]
 async fn a_dropped_ticket_releases_its_slot() {
-    let c = checker(source_with(&[]), "tag_count_limit: 1\n", CheckOptions::default());
+    let c = checker(
+        source_with(&[]),
+        "tag_count_limit: 1\n",
+        CheckOptions::default(),
+    );
     let w = put("/v2/r/manifests/x");
     let checked = c.check_push(Transport::ExtProc, &w, Some(OCI), BODY).await;
     assert_eq!(checked.ticket.as_ref().map(|t| t.reserved().len()), Some(1));
     drop(checked);
     let w = put("/v2/r/manifests/y");
-    assert_eq!(c.check_push(Transport::ExtProc, &w, Some(OCI), BODY).await.outcome, Outcome::Allow);
+    assert_eq!(
+        c.check_push(Transport::ExtProc, &w, Some(OCI), BODY)
+            .await
+            .outcome,
+        Outcome::Allow
+    );
 }
 
 #[tokio::test]
 async fn the_same_new_tag_pushed_twice_takes_one_slot() {
-    let c = checker(source_with(&["a"]), "tag_count_limit: 2\n", CheckOptions::default());
+    let c = checker(
+        source_with(&["a"]),
+        "tag_count_limit: 2\n",
+        CheckOptions::default(),
+    );
     let w = put("/v2/r/manifests/b");
-    let t1 = c.check_push(Transport::ExtProc, &w, Some(OCI), BODY).await.ticket.expect("allowed");
-    let t2 = c.check_push(Transport::ExtProc, &w, Some(OCI), BODY).await.ticket.expect("shares the slot");
+    let t1 = c
+        .check_push(Transport::ExtProc, &w, Some(OCI), BODY)
+        .await
+        .ticket
+        .expect("allowed");
+    let t2 = c
+        .check_push(Transport::ExtProc, &w, Some(OCI), BODY)
+        .await
+        .ticket
+        .expect("shares the slot");
     t1.settle(500, &[]);
     let other = put("/v2/r/manifests/c");
-    assert!(matches!(c.check_push(Transport::ExtProc, &other, Some(OCI), BODY).await.outcome, Outcome::Deny(_)));
+    assert!(matches!(
+        c.check_push(Transport::ExtProc, &other, Some(OCI), BODY)
+            .await
+            .outcome,
+        Outcome::Deny(_)
+    ));
     t2.settle(201, &[]);
 }
 
@@ -132,12 +197,27 @@ async fn a_deleted_tag_frees_its_slot_at_once() {
     let calls = source.calls.clone();
     let c = checker(source, "tag_count_limit: 2\n", CheckOptions::default());
     let new = put("/v2/r/manifests/c");
-    assert!(matches!(c.check_push(Transport::ExtProc, &new, Some(OCI), BODY).await.outcome, Outcome::Deny(_)));
+    assert!(matches!(
+        c.check_push(Transport::ExtProc, &new, Some(OCI), BODY)
+            .await
+            .outcome,
+        Outcome::Deny(_)
+    ));
     let del = ManifestWrite::from_request("DELETE", "/v2/r/manifests/a").expect("write");
     c.observe_delete(&del, 404);
-    assert!(matches!(c.check_push(Transport::ExtProc, &new, Some(OCI), BODY).await.outcome, Outcome::Deny(_)));
+    assert!(matches!(
+        c.check_push(Transport::ExtProc, &new, Some(OCI), BODY)
+            .await
+            .outcome,
+        Outcome::Deny(_)
+    ));
     c.observe_delete(&del, 202);
-    assert_eq!(c.check_push(Transport::ExtProc, &new, Some(OCI), BODY).await.outcome, Outcome::Allow);
+    assert_eq!(
+        c.check_push(Transport::ExtProc, &new, Some(OCI), BODY)
+            .await
+            .outcome,
+        Outcome::Allow
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 1, "no re-read was needed");
 }
 
@@ -147,7 +227,11 @@ async fn a_delete_by_digest_makes_the_next_decision_read_the_list() {
     let calls = source.calls.clone();
     let c = checker(source, "tag_count_limit: 5\n", CheckOptions::default());
     let w = put("/v2/r/manifests/b");
-    c.check_push(Transport::ExtProc, &w, Some(OCI), BODY).await.ticket.expect("allowed").settle(201, &[]);
+    c.check_push(Transport::ExtProc, &w, Some(OCI), BODY)
+        .await
+        .ticket
+        .expect("allowed")
+        .settle(201, &[]);
     let del = ManifestWrite::from_request("DELETE", "/v2/r/manifests/sha256:00").expect("write");
     c.observe_delete(&del, 202);
     c.check_push(Transport::ExtProc, &w, Some(OCI), BODY).await;
@@ -160,27 +244,63 @@ async fn an_unreadable_tag_list_fails_closed_by_default_and_open_when_configured
     source.fail = Some(TagError::Status { status: 502 });
     let c = checker(source.clone(), "{}", CheckOptions::default());
     let w = put("/v2/r/manifests/v1");
-    match c.check_push(Transport::ExtProc, &w, Some(OCI), BODY).await.outcome {
+    match c
+        .check_push(Transport::ExtProc, &w, Some(OCI), BODY)
+        .await
+        .outcome
+    {
         Outcome::Unavailable { message, .. } => assert!(message.contains("HTTP 502"), "{message}"),
         other => panic!("{other:?}"),
     }
     // Size checks never need the network.
     let digest = put("/v2/r/manifests/sha256:00");
-    assert_eq!(c.check_push(Transport::ExtProc, &digest, Some(OCI), BODY).await.outcome, Outcome::Allow);
-    let open = checker(source, "{}", CheckOptions { allow_on_registry_error: true, ..CheckOptions::default() });
-    assert_eq!(open.check_push(Transport::ExtProc, &w, Some(OCI), BODY).await.outcome, Outcome::Allow);
+    assert_eq!(
+        c.check_push(Transport::ExtProc, &digest, Some(OCI), BODY)
+            .await
+            .outcome,
+        Outcome::Allow
+    );
+    let open = checker(
+        source,
+        "{}",
+        CheckOptions {
+            allow_on_registry_error: true,
+            ..CheckOptions::default()
+        },
+    );
+    assert_eq!(
+        open.check_push(Transport::ExtProc, &w, Some(OCI), BODY)
+            .await
+            .outcome,
+        Outcome::Allow
+    );
 }
 
 #[tokio::test]
 async fn a_slow_registry_hits_the_decision_deadline() {
     let mut source = source_with(&[]);
     source.delay = Duration::from_secs(30);
-    let options = CheckOptions { decision_timeout: Duration::from_millis(100), ..CheckOptions::default() };
+    let options = CheckOptions {
+        decision_timeout: Duration::from_millis(100),
+        ..CheckOptions::default()
+    };
     let c = checker(source, "{}", options);
     let started = Instant::now();
     let w = put("/v2/r/manifests/v1");
-    let outcome = c.check_push(Transport::ExtProc, &w, Some(OCI), BODY).await.outcome;
-    assert!(matches!(outcome, Outcome::Unavailable { error: TagError::Timeout(_), .. }), "{outcome:?}");
+    let outcome = c
+        .check_push(Transport::ExtProc, &w, Some(OCI), BODY)
+        .await
+        .outcome;
+    assert!(
+        matches!(
+            outcome,
+            Outcome::Unavailable {
+                error: TagError::Timeout(_),
+                ..
+            }
+        ),
+        "{outcome:?}"
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 
@@ -188,10 +308,17 @@ async fn a_slow_registry_hits_the_decision_deadline() {
 async fn commits_seen_during_a_fetch_survive_its_result() {
     let mut source = source_with(&["a"]);
     source.delay = Duration::from_millis(100);
-    let options = CheckOptions { tag_cache_ttl: Duration::from_millis(300), ..CheckOptions::default() };
+    let options = CheckOptions {
+        tag_cache_ttl: Duration::from_millis(300),
+        ..CheckOptions::default()
+    };
     let c = checker(source, "tag_count_limit: 3\n", options);
     let b = put("/v2/r/manifests/b");
-    let ticket = c.check_push(Transport::ExtProc, &b, Some(OCI), BODY).await.ticket.expect("allowed");
+    let ticket = c
+        .check_push(Transport::ExtProc, &b, Some(OCI), BODY)
+        .await
+        .ticket
+        .expect("allowed");
     tokio::time::sleep(Duration::from_millis(310)).await;
     // A decision starts a fetch whose answer lacks `b`; `b` commits while it is in flight.
     let c2 = c.clone();
@@ -206,7 +333,12 @@ async fn commits_seen_during_a_fetch_survive_its_result() {
     assert_eq!(outcome, Outcome::Allow);
     // a, b (replayed from the journal) and c (reserved) count: a fourth tag is refused.
     let d = put("/v2/r/manifests/d");
-    assert!(matches!(c.check_push(Transport::ExtProc, &d, Some(OCI), BODY).await.outcome, Outcome::Deny(_)));
+    assert!(matches!(
+        c.check_push(Transport::ExtProc, &d, Some(OCI), BODY)
+            .await
+            .outcome,
+        Outcome::Deny(_)
+    ));
     drop(c_ticket);
 }
 
@@ -216,29 +348,66 @@ async fn ext_authz_reservations_expire_and_the_list_is_read_again() {
     let calls = source.calls.clone();
     let c = checker(source, "tag_count_limit: 1\n", CheckOptions::default());
     let w = put("/v2/r/manifests/a");
-    c.check_push(Transport::ExtAuthz, &w, Some(OCI), BODY).await.ticket.expect("allowed").expire_after(Duration::from_secs(30));
+    c.check_push(Transport::ExtAuthz, &w, Some(OCI), BODY)
+        .await
+        .ticket
+        .expect("allowed")
+        .expire_after(Duration::from_secs(30));
     let other = put("/v2/r/manifests/b");
-    assert!(matches!(c.check_push(Transport::ExtAuthz, &other, Some(OCI), BODY).await.outcome, Outcome::Deny(_)));
+    assert!(matches!(
+        c.check_push(Transport::ExtAuthz, &other, Some(OCI), BODY)
+            .await
+            .outcome,
+        Outcome::Deny(_)
+    ));
     tokio::time::sleep(Duration::from_secs(31)).await;
     // The push never landed (the fake registry still lists nothing): the slot is free again.
-    assert_eq!(c.check_push(Transport::ExtAuthz, &other, Some(OCI), BODY).await.outcome, Outcome::Allow);
+    assert_eq!(
+        c.check_push(Transport::ExtAuthz, &other, Some(OCI), BODY)
+            .await
+            .outcome,
+        Outcome::Allow
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
 async fn query_tags_not_echoed_by_the_registry_are_released() {
-    let c = checker(source_with(&[]), "tag_count_limit: 2\n", CheckOptions::default());
+    let c = checker(
+        source_with(&[]),
+        "tag_count_limit: 2\n",
+        CheckOptions::default(),
+    );
     let w = put("/v2/r/manifests/sha256:00?tag=a&tag=b");
-    let t = c.check_push(Transport::ExtProc, &w, Some(OCI), BODY).await.ticket.expect("allowed");
+    let t = c
+        .check_push(Transport::ExtProc, &w, Some(OCI), BODY)
+        .await
+        .ticket
+        .expect("allowed");
     t.settle(201, &["a".to_string()]);
     let w = put("/v2/r/manifests/c");
-    assert_eq!(c.check_push(Transport::ExtProc, &w, Some(OCI), BODY).await.outcome, Outcome::Allow);
+    assert_eq!(
+        c.check_push(Transport::ExtProc, &w, Some(OCI), BODY)
+            .await
+            .outcome,
+        Outcome::Allow
+    );
 }
 
 #[tokio::test]
 async fn idle_repositories_are_forgotten() {
     let c = checker(source_with(&[]), "{}", CheckOptions::default());
     let w = put("/v2/r/manifests/a");
-    c.check_push(Transport::ExtProc, &w, Some(OCI), BODY).await.ticket.expect("allowed").settle(201, &[]);
-    assert_eq!(c.books.sweep(Instant::now() + Duration::from_secs(3600), Duration::from_secs(60)), 1);
+    c.check_push(Transport::ExtProc, &w, Some(OCI), BODY)
+        .await
+        .ticket
+        .expect("allowed")
+        .settle(201, &[]);
+    assert_eq!(
+        c.books.sweep(
+            Instant::now() + Duration::from_secs(3600),
+            Duration::from_secs(60)
+        ),
+        1
+    );
 }

@@ -87,7 +87,9 @@ pub struct Denial {
 pub enum Verdict {
     /// Let the push through. `reserved` are the tag slots now held in the repository's book,
     /// to be committed or released when the registry answers.
-    Allow { reserved: Vec<String> },
+    Allow {
+        reserved: Vec<String>,
+    },
     Deny(Denial),
 }
 

@@ -84,7 +84,11 @@ pub struct LoadError {
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let count = self.problems.len();
-        write!(f, "invalid configuration ({count} problem{}):", if count == 1 { "" } else { "s" })?;
+        write!(
+            f,
+            "invalid configuration ({count} problem{}):",
+            if count == 1 { "" } else { "s" }
+        )?;
         for p in &self.problems {
             write!(f, "\n  {p}")?;
         }
@@ -136,7 +140,10 @@ impl<'de> Deserialize<'de> for Value {
                 f.write_str("any YAML value")
             }
             fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-                { let _ = v; Ok(Value::Bool) }
+                {
+                    let _ = v;
+                    Ok(Value::Bool)
+                }
             }
             fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
                 Ok(Value::Int(v.into()))
@@ -404,11 +411,17 @@ fn read_document<'a>(
         Value::Null => return,
         Value::Map(entries) => entries,
         other => {
-            let root = Node { value: Value::Null, ..root };
+            let root = Node {
+                value: Value::Null,
+                ..root
+            };
             ctx.at(
                 Some(&root),
                 "",
-                format!("expected a mapping of configuration keys, found {}", other.kind()),
+                format!(
+                    "expected a mapping of configuration keys, found {}",
+                    other.kind()
+                ),
             );
             return;
         }
@@ -447,19 +460,28 @@ fn read_document<'a>(
             _ => ctx.at(
                 Some(&key),
                 name,
-                format!("unknown ConfigMap field `{name}`; expected apiVersion, kind, metadata, data"),
+                format!(
+                    "unknown ConfigMap field `{name}`; expected apiVersion, kind, metadata, data"
+                ),
             ),
         }
     }
     match data {
         None => {}
-        Some(Node { value: Value::Null, .. }) => {}
-        Some(Node { value: Value::Map(entries), .. }) => {
-            read_keys(&mut ctx, file, text, entries, "data.", keys, true)
-        }
+        Some(Node {
+            value: Value::Null, ..
+        }) => {}
+        Some(Node {
+            value: Value::Map(entries),
+            ..
+        }) => read_keys(&mut ctx, file, text, entries, "data.", keys, true),
         Some(other) => {
             let kind = other.value.kind();
-            ctx.at(Some(&other), "data", format!("expected a mapping of keys to strings, found {kind}"))
+            ctx.at(
+                Some(&other),
+                "data",
+                format!("expected a mapping of keys to strings, found {kind}"),
+            )
         }
     }
 }
@@ -475,11 +497,19 @@ fn read_keys<'a>(
 ) {
     for (key, value) in entries {
         let Value::Str(name) = &key.value else {
-            ctx.at(Some(&key), prefix.trim_end_matches('.'), "keys must be strings");
+            ctx.at(
+                Some(&key),
+                prefix.trim_end_matches('.'),
+                "keys must be strings",
+            );
             continue;
         };
         if !KEYS.contains(&name.as_str()) {
-            ctx.at(Some(&key), &format!("{prefix}{name}"), unknown_key_message(name));
+            ctx.at(
+                Some(&key),
+                &format!("{prefix}{name}"),
+                unknown_key_message(name),
+            );
             continue;
         }
         if strings_only && !matches!(value.value, Value::Str(_)) {
@@ -526,7 +556,11 @@ fn build(file: &str, keys: Keys<'_>, problems: &mut Vec<Problem>) -> Option<Poli
     };
     let rules = keys
         .rules
-        .map(|kv| with_nested(&kv, "rules", problems, |ctx, node| rules_value(ctx, node, &exclude_tags)))
+        .map(|kv| {
+            with_nested(&kv, "rules", problems, |ctx, node| {
+                rules_value(ctx, node, &exclude_tags)
+            })
+        })
         .unwrap_or_default();
     match Policy::new(global, rules) {
         Ok(policy) => Some(policy),
@@ -536,7 +570,10 @@ fn build(file: &str, keys: Keys<'_>, problems: &mut Vec<Problem>) -> Option<Poli
                 line: None,
                 column: None,
                 field: "rules".to_owned(),
-                message: format!("the rules together are too large to compile: {}", one_line(&e.to_string())),
+                message: format!(
+                    "the rules together are too large to compile: {}",
+                    one_line(&e.to_string())
+                ),
             });
             None
         }
@@ -627,7 +664,11 @@ fn read_size(ctx: &mut Ctx<'_>, node: &Node, field: &str) -> Option<ByteSize> {
         Value::Float(f) => f.to_string(),
         other => {
             let kind = other.kind();
-            ctx.at(Some(node), field, format!("expected a size such as 100MB or 1.5GB, found {kind}"));
+            ctx.at(
+                Some(node),
+                field,
+                format!("expected a size such as 100MB or 1.5GB, found {kind}"),
+            );
             return None;
         }
     };
@@ -674,7 +715,11 @@ fn exclude_value(ctx: &mut Ctx<'_>, node: &Node) -> TagFilter {
 fn read_exclude(ctx: &mut Ctx<'_>, node: &Node, field: &str) -> Option<TagFilter> {
     let Value::Seq(items) = &node.value else {
         let kind = node.value.kind();
-        ctx.at(Some(node), field, format!("expected a list of tag regexes, found {kind}"));
+        ctx.at(
+            Some(node),
+            field,
+            format!("expected a list of tag regexes, found {kind}"),
+        );
         return None;
     };
     let mut patterns = Vec::new();
@@ -683,11 +728,19 @@ fn read_exclude(ctx: &mut Ctx<'_>, node: &Node, field: &str) -> Option<TagFilter
         match &item.value {
             Value::Str(p) => match regex::Regex::new(p) {
                 Ok(_) => patterns.push(p.clone()),
-                Err(e) => ctx.at(Some(item), &here, format!("invalid regex: {}", one_line(&e.to_string()))),
+                Err(e) => ctx.at(
+                    Some(item),
+                    &here,
+                    format!("invalid regex: {}", one_line(&e.to_string())),
+                ),
             },
             other => {
                 let kind = other.kind();
-                ctx.at(Some(item), &here, format!("expected a regex string, found {kind}"));
+                ctx.at(
+                    Some(item),
+                    &here,
+                    format!("expected a regex string, found {kind}"),
+                );
             }
         }
     }
@@ -717,11 +770,20 @@ fn rules_value(ctx: &mut Ctx<'_>, node: &Node, global_exclude: &TagFilter) -> Ve
     rules
 }
 
-fn read_rule(ctx: &mut Ctx<'_>, index: usize, node: &Node, global_exclude: &TagFilter) -> Option<Rule> {
+fn read_rule(
+    ctx: &mut Ctx<'_>,
+    index: usize,
+    node: &Node,
+    global_exclude: &TagFilter,
+) -> Option<Rule> {
     let here = format!("rules[{index}]");
     let Value::Map(entries) = &node.value else {
         let kind = node.value.kind();
-        ctx.at(Some(node), &here, format!("expected a rule with `path` and `limit`, found {kind}"));
+        ctx.at(
+            Some(node),
+            &here,
+            format!("expected a rule with `path` and `limit`, found {kind}"),
+        );
         return None;
     };
     let mut path = None;
@@ -745,7 +807,11 @@ fn read_rule(ctx: &mut Ctx<'_>, index: usize, node: &Node, global_exclude: &TagF
     let mut ok = true;
     let regex = match path {
         None => {
-            ctx.at(Some(node), &format!("{here}.path"), "missing; every rule needs a `path` regex");
+            ctx.at(
+                Some(node),
+                &format!("{here}.path"),
+                "missing; every rule needs a `path` regex",
+            );
             ok = false;
             None
         }
@@ -753,14 +819,22 @@ fn read_rule(ctx: &mut Ctx<'_>, index: usize, node: &Node, global_exclude: &TagF
             Value::Str(text) => match regex::Regex::new(text) {
                 Ok(_) => Some(text.clone()),
                 Err(e) => {
-                    ctx.at(Some(p), &format!("{here}.path"), format!("invalid regex: {}", one_line(&e.to_string())));
+                    ctx.at(
+                        Some(p),
+                        &format!("{here}.path"),
+                        format!("invalid regex: {}", one_line(&e.to_string())),
+                    );
                     ok = false;
                     None
                 }
             },
             other => {
                 let kind = other.kind();
-                ctx.at(Some(p), &format!("{here}.path"), format!("expected a regex string, found {kind}"));
+                ctx.at(
+                    Some(p),
+                    &format!("{here}.path"),
+                    format!("expected a regex string, found {kind}"),
+                );
                 ok = false;
                 None
             }
@@ -784,7 +858,9 @@ fn read_rule(ctx: &mut Ctx<'_>, index: usize, node: &Node, global_exclude: &TagF
                 ctx.at(
                     Some(l),
                     &format!("{here}.limit"),
-                    format!("expected a mapping with max_image_size and tag_count_limit, found {kind}"),
+                    format!(
+                        "expected a mapping with max_image_size and tag_count_limit, found {kind}"
+                    ),
                 );
                 return None;
             };
@@ -821,8 +897,18 @@ fn read_rule(ctx: &mut Ctx<'_>, index: usize, node: &Node, global_exclude: &TagF
                 }
             }
             for (name, present) in [
-                ("max_image_size", entries.iter().any(|(k, _)| matches!(&k.value, Value::Str(s) if s == "max_image_size"))),
-                ("tag_count_limit", entries.iter().any(|(k, _)| matches!(&k.value, Value::Str(s) if s == "tag_count_limit"))),
+                (
+                    "max_image_size",
+                    entries
+                        .iter()
+                        .any(|(k, _)| matches!(&k.value, Value::Str(s) if s == "max_image_size")),
+                ),
+                (
+                    "tag_count_limit",
+                    entries
+                        .iter()
+                        .any(|(k, _)| matches!(&k.value, Value::Str(s) if s == "tag_count_limit")),
+                ),
             ] {
                 if !present {
                     ctx.at(

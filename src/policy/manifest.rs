@@ -35,7 +35,9 @@ impl MediaType {
             Self::DockerManifest => "application/vnd.docker.distribution.manifest.v2+json",
             Self::DockerManifestList => "application/vnd.docker.distribution.manifest.list.v2+json",
             Self::DockerSchema1 => "application/vnd.docker.distribution.manifest.v1+json",
-            Self::DockerSchema1Signed => "application/vnd.docker.distribution.manifest.v1+prettyjws",
+            Self::DockerSchema1Signed => {
+                "application/vnd.docker.distribution.manifest.v1+prettyjws"
+            }
             Self::OciArtifactManifest => "application/vnd.oci.artifact.manifest.v1+json",
         }
     }
@@ -63,9 +65,16 @@ impl MediaType {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Measured {
     /// An image or artifact manifest: its layers and their summed size.
-    Image { media_type: MediaType, layers: usize, layer_bytes: u64 },
+    Image {
+        media_type: MediaType,
+        layers: usize,
+        layer_bytes: u64,
+    },
     /// An index or manifest list: no layers of its own; each child is checked when pushed.
-    Index { media_type: MediaType, children: usize },
+    Index {
+        media_type: MediaType,
+        children: usize,
+    },
 }
 
 impl Measured {
@@ -107,7 +116,10 @@ pub enum ManifestError {
     #[error("Content-Type says {header} but the manifest's mediaType is {body}; they must match")]
     MediaTypeMismatch { header: String, body: String },
     #[error("the manifest is not valid JSON for {media_type}: {reason}")]
-    Malformed { media_type: &'static str, reason: String },
+    Malformed {
+        media_type: &'static str,
+        reason: String,
+    },
     #[error(
         "the sizes of the layers add up to more than 2^63-1 bytes; the manifest cannot be right"
     )]

@@ -20,7 +20,7 @@ use regex::RegexSet;
 
 pub use decision::{Decision, Denial, DenyReason, Facts, RuleRef, Verdict};
 pub use file::{ConfigSource, KeyFile, LoadError, Problem, compile};
-pub use manifest::{ManifestError, MediaType, Measured};
+pub use manifest::{ManifestError, Measured, MediaType};
 pub use push::{ManifestPush, ManifestWrite, Reference, WriteKind};
 pub use rule::{Rule, TagFilter};
 pub use size::ByteSize;
@@ -95,7 +95,11 @@ impl Policy {
         let first = match first {
             Some(0) => Some(0),
             _ => {
-                let with_slash = self.matcher.matches(&format!("{repository}/")).iter().next();
+                let with_slash = self
+                    .matcher
+                    .matches(&format!("{repository}/"))
+                    .iter()
+                    .next();
                 match (first, with_slash) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),

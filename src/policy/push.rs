@@ -93,7 +93,12 @@ impl ManifestWrite {
     /// without repeats.
     pub fn tags(&self) -> Vec<String> {
         let mut tags: Vec<String> = Vec::with_capacity(1 + self.query_tags.len());
-        for tag in self.reference.tag().into_iter().chain(self.query_tags.iter().map(String::as_str)) {
+        for tag in self
+            .reference
+            .tag()
+            .into_iter()
+            .chain(self.query_tags.iter().map(String::as_str))
+        {
             if !tags.iter().any(|t| t == tag) {
                 tags.push(tag.to_owned());
             }
@@ -117,16 +122,14 @@ fn percent_decode(text: &str) -> String {
     while i < bytes.len() {
         let hex = |b: u8| (b as char).to_digit(16);
         match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push((h * 16 + l) as u8);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b'+' => out.push(b' '),
             b => out.push(b),
         }
@@ -141,12 +144,33 @@ mod tests {
 
     #[test]
     fn recognises_manifest_writes_from_the_right() {
-        let table: &[(&str, &str, Option<(WriteKind, &str, &str)>)] = &[
-            ("PUT", "/v2/library/nginx/manifests/latest", Some((WriteKind::Put, "library/nginx", "latest"))),
-            ("PUT", "/v2/a/manifests/manifests/manifests/v1", Some((WriteKind::Put, "a/manifests/manifests", "v1"))),
-            ("PUT", "/v2/x/manifests/sha256:abc", Some((WriteKind::Put, "x", "sha256:abc"))),
-            ("DELETE", "/v2/p/q/manifests/v1", Some((WriteKind::Delete, "p/q", "v1"))),
-            ("PUT", "/v2/p/manifests/v1?ns=docker.io", Some((WriteKind::Put, "p", "v1"))),
+        type Row<'a> = (&'a str, &'a str, Option<(WriteKind, &'a str, &'a str)>);
+        let table: &[Row<'_>] = &[
+            (
+                "PUT",
+                "/v2/library/nginx/manifests/latest",
+                Some((WriteKind::Put, "library/nginx", "latest")),
+            ),
+            (
+                "PUT",
+                "/v2/a/manifests/manifests/manifests/v1",
+                Some((WriteKind::Put, "a/manifests/manifests", "v1")),
+            ),
+            (
+                "PUT",
+                "/v2/x/manifests/sha256:abc",
+                Some((WriteKind::Put, "x", "sha256:abc")),
+            ),
+            (
+                "DELETE",
+                "/v2/p/q/manifests/v1",
+                Some((WriteKind::Delete, "p/q", "v1")),
+            ),
+            (
+                "PUT",
+                "/v2/p/manifests/v1?ns=docker.io",
+                Some((WriteKind::Put, "p", "v1")),
+            ),
             ("put", "/v2/p/manifests/v1", None),
             ("GET", "/v2/p/manifests/v1", None),
             ("PUT", "/v2/p/blobs/uploads/abc", None),
@@ -157,18 +181,24 @@ mod tests {
         ];
         for (method, path, want) in table {
             let got = ManifestWrite::from_request(method, path);
-            let got = got.as_ref().map(|w| (w.kind, w.repository.as_str(), w.reference.as_str()));
+            let got = got
+                .as_ref()
+                .map(|w| (w.kind, w.repository.as_str(), w.reference.as_str()));
             assert_eq!(got, *want, "{method} {path}");
         }
     }
 
     #[test]
     fn every_query_tag_is_a_tag_being_created() {
-        let w = ManifestWrite::from_request("PUT", "/v2/p/manifests/sha256:ab?tag=a&ns=x&tag=b&tag=a&tag=%76%31")
-            .expect("manifest write");
+        let w = ManifestWrite::from_request(
+            "PUT",
+            "/v2/p/manifests/sha256:ab?tag=a&ns=x&tag=b&tag=a&tag=%76%31",
+        )
+        .expect("manifest write");
         assert_eq!(w.query_tags, ["a", "b", "a", "v1"]);
         assert_eq!(w.tags(), ["a", "b", "v1"]);
-        let w = ManifestWrite::from_request("PUT", "/v2/p/manifests/v1?tag=v1&tag=v2").expect("write");
+        let w =
+            ManifestWrite::from_request("PUT", "/v2/p/manifests/v1?tag=v1&tag=v2").expect("write");
         assert_eq!(w.tags(), ["v1", "v2"]);
     }
 

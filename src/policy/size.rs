@@ -25,7 +25,9 @@ pub enum SizeError {
     Unit { input: String, unit: String },
     #[error("`{0}` is negative; a size must be zero or more")]
     Negative(String),
-    #[error("`{input}` is {bytes} bytes, not a whole number of bytes; write a whole number of bytes or use a smaller unit")]
+    #[error(
+        "`{input}` is {bytes} bytes, not a whole number of bytes; write a whole number of bytes or use a smaller unit"
+    )]
     Fraction { input: String, bytes: String },
     #[error("`{0}` is larger than the largest supported size (2^63-1 bytes)")]
     TooLarge(String),
@@ -51,7 +53,10 @@ impl ByteSize {
     /// otherwise; callers print the exact bytes beside it.
     pub fn human(self) -> String {
         let exact = self.to_string();
-        let plain_bytes = exact.trim_end_matches('B').bytes().all(|b| b.is_ascii_digit());
+        let plain_bytes = exact
+            .trim_end_matches('B')
+            .bytes()
+            .all(|b| b.is_ascii_digit());
         if self.0 < 1024 || !plain_bytes {
             return exact;
         }
@@ -115,7 +120,9 @@ impl std::str::FromStr for ByteSize {
         let fraction_n: u128 = if fraction.is_empty() {
             0
         } else {
-            fraction.parse().map_err(|_| SizeError::Syntax(text.to_owned()))?
+            fraction
+                .parse()
+                .map_err(|_| SizeError::Syntax(text.to_owned()))?
         };
         let numerator = whole_n
             .checked_mul(scale)
@@ -238,7 +245,10 @@ mod tests {
             ("1.1KB", "1126.4 bytes"),
             ("0.5B", "not a whole number of bytes"),
             ("9999999999TB", "larger than the largest"),
-            ("99999999999999999999999999999999999999999", "larger than the largest"),
+            (
+                "99999999999999999999999999999999999999999",
+                "larger than the largest",
+            ),
             ("10 M B", "not a size"),
         ];
         for (text, fragment) in table {

@@ -45,7 +45,10 @@ impl TagBook {
 
     /// Number of distinct reserved tags that are not confirmed yet.
     pub fn pending_len(&self) -> usize {
-        self.pending.keys().filter(|t| !self.confirmed.contains(*t)).count()
+        self.pending
+            .keys()
+            .filter(|t| !self.confirmed.contains(*t))
+            .count()
     }
 
     /// Tags that count toward the limit: confirmed or reserved, not excluded by `filter`.
@@ -91,23 +94,21 @@ impl TagBook {
 
     /// The registry holds `tag` (observed without a reservation).
     pub fn confirm(&mut self, tag: &str) {
-        if self.confirmed.insert(tag.to_owned()) {
-            if let Some((f, n)) = &mut self.memo {
-                if f.counts(tag) {
-                    *n += 1;
-                }
-            }
+        if self.confirmed.insert(tag.to_owned())
+            && let Some((f, n)) = &mut self.memo
+            && f.counts(tag)
+        {
+            *n += 1;
         }
     }
 
     /// The registry deleted `tag`.
     pub fn remove(&mut self, tag: &str) {
-        if self.confirmed.remove(tag) {
-            if let Some((f, n)) = &mut self.memo {
-                if f.counts(tag) {
-                    *n -= 1;
-                }
-            }
+        if self.confirmed.remove(tag)
+            && let Some((f, n)) = &mut self.memo
+            && f.counts(tag)
+        {
+            *n -= 1;
         }
     }
 

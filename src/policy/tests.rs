@@ -6,7 +6,11 @@ const INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const MB: u64 = 1024 * 1024;
 
 fn policy(yaml: &str) -> Policy {
-    compile(&ConfigSource::File { name: "t.yaml".into(), text: yaml.into() }).expect("valid policy")
+    compile(&ConfigSource::File {
+        name: "t.yaml".into(),
+        text: yaml.into(),
+    })
+    .expect("valid policy")
 }
 
 fn image(total: u64) -> Vec<u8> {
@@ -16,9 +20,19 @@ fn image(total: u64) -> Vec<u8> {
         .into_bytes()
 }
 
-fn decide(policy: &Policy, path: &str, content_type: &str, body: &[u8], book: &mut TagBook) -> Decision {
+fn decide(
+    policy: &Policy,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+    book: &mut TagBook,
+) -> Decision {
     let write = ManifestWrite::from_request("PUT", path).expect("manifest write");
-    let push = ManifestPush { write: &write, content_type: Some(content_type), body };
+    let push = ManifestPush {
+        write: &write,
+        content_type: Some(content_type),
+        body,
+    };
     match policy.evaluate(&push) {
         Evaluation::Done(d) => d,
         Evaluation::NeedTags(q) => q.finish(book),
@@ -32,22 +46,49 @@ fn tags(n: usize) -> TagBook {
 #[test]
 fn size_equal_to_the_limit_passes_and_one_byte_over_is_refused() {
     let p = policy(SEED);
-    let d = decide(&p, "/v2/project-1/app/manifests/v1", OCI, &image(20 * MB), &mut tags(0));
+    let d = decide(
+        &p,
+        "/v2/project-1/app/manifests/v1",
+        OCI,
+        &image(20 * MB),
+        &mut tags(0),
+    );
     assert!(d.is_allowed(), "{d:?}");
-    let d = decide(&p, "/v2/project-1/app/manifests/v1", OCI, &image(20 * MB + 1), &mut tags(0));
+    let d = decide(
+        &p,
+        "/v2/project-1/app/manifests/v1",
+        OCI,
+        &image(20 * MB + 1),
+        &mut tags(0),
+    );
     let denial = d.denial().expect("refused");
     assert_eq!(denial.reason, DenyReason::ImageTooLarge);
-    for fragment in ["project-1/app:v1", "20971521 bytes", "20971520 bytes (20MB)", "rule 0 (path `^project-1/.*`)", "1MB = 1048576 bytes"] {
-        assert!(denial.message.contains(fragment), "{fragment}: {}", denial.message);
+    for fragment in [
+        "project-1/app:v1",
+        "20971521 bytes",
+        "20971520 bytes (20MB)",
+        "rule 0 (path `^project-1/.*`)",
+        "1MB = 1048576 bytes",
+    ] {
+        assert!(
+            denial.message.contains(fragment),
+            "{fragment}: {}",
+            denial.message
+        );
     }
 }
 
 #[test]
 fn size_is_checked_before_any_tag_is_needed() {
     let p = policy(SEED);
-    let write = ManifestWrite::from_request("PUT", "/v2/library/nginx/manifests/big").expect("write");
+    let write =
+        ManifestWrite::from_request("PUT", "/v2/library/nginx/manifests/big").expect("write");
     let body = image(100 * MB + 1);
-    let push = ManifestPush { write: &write, content_type: Some(OCI), body: &body };
+    let push = ManifestPush {
+        write: &write,
+        content_type: Some(OCI),
+        body: &body,
+    };
     assert!(matches!(p.evaluate(&push), Evaluation::Done(d) if !d.is_allowed()));
 }
 
@@ -56,11 +97,42 @@ fn the_first_matching_rule_wins() {
     let p = policy(SEED);
     // big-image sits before the broader project-2 rule: 60MB passes there, not in project-2/api.
     let body = image(60 * MB);
-    assert!(decide(&p, "/v2/project-2/big-image/manifests/a", OCI, &body, &mut tags(0)).is_allowed());
-    let d = decide(&p, "/v2/project-2/api/manifests/a", OCI, &body, &mut tags(0));
-    assert!(d.denial().expect("refused").message.contains("rule 2 (path `^project-2/.*`)"));
-    let d = decide(&p, "/v2/library/nginx/manifests/a", OCI, &image(101 * MB), &mut tags(0));
-    assert!(d.denial().expect("refused").message.contains("the global limit"));
+    assert!(
+        decide(
+            &p,
+            "/v2/project-2/big-image/manifests/a",
+            OCI,
+            &body,
+            &mut tags(0)
+        )
+        .is_allowed()
+    );
+    let d = decide(
+        &p,
+        "/v2/project-2/api/manifests/a",
+        OCI,
+        &body,
+        &mut tags(0),
+    );
+    assert!(
+        d.denial()
+            .expect("refused")
+            .message
+            .contains("rule 2 (path `^project-2/.*`)")
+    );
+    let d = decide(
+        &p,
+        "/v2/library/nginx/manifests/a",
+        OCI,
+        &image(101 * MB),
+        &mut tags(0),
+    );
+    assert!(
+        d.denial()
+            .expect("refused")
+            .message
+            .contains("the global limit")
+    );
 }
 
 #[test]
@@ -72,10 +144,23 @@ fn a_new_tag_is_refused_at_the_limit_and_existing_tags_move_freely() {
     let denial = d.denial().expect("refused");
     assert_eq!(denial.reason, DenyReason::TagLimit);
     for fragment in ["already has 3 tags", "is 3 tags", "rule 0", "new"] {
-        assert!(denial.message.contains(fragment), "{fragment}: {}", denial.message);
+        assert!(
+            denial.message.contains(fragment),
+            "{fragment}: {}",
+            denial.message
+        );
     }
     assert!(decide(&p, "/v2/project-1/app/manifests/t1", OCI, &body, &mut book).is_allowed());
-    assert!(decide(&p, "/v2/project-1/app/manifests/sha256:aa", OCI, &body, &mut book).is_allowed());
+    assert!(
+        decide(
+            &p,
+            "/v2/project-1/app/manifests/sha256:aa",
+            OCI,
+            &body,
+            &mut book
+        )
+        .is_allowed()
+    );
     assert_eq!(book.count(&TagFilter::default()), 3);
 }
 
@@ -85,7 +170,15 @@ fn concurrent_admissions_never_overshoot() {
     let body = image(1);
     let mut book = tags(1);
     let admitted: Vec<_> = (0..30)
-        .map(|i| decide(&p, &format!("/v2/project-1/app/manifests/n{i}"), OCI, &body, &mut book))
+        .map(|i| {
+            decide(
+                &p,
+                &format!("/v2/project-1/app/manifests/n{i}"),
+                OCI,
+                &body,
+                &mut book,
+            )
+        })
         .filter(Decision::is_allowed)
         .collect();
     assert_eq!(admitted.len(), 2);
@@ -98,53 +191,131 @@ fn concurrent_admissions_never_overshoot() {
 fn every_query_tag_counts() {
     let p = policy(SEED);
     let body = image(1);
-    let d = decide(&p, "/v2/project-1/app/manifests/sha256:ab?tag=a&tag=b&tag=c&tag=d", OCI, &body, &mut tags(0));
+    let d = decide(
+        &p,
+        "/v2/project-1/app/manifests/sha256:ab?tag=a&tag=b&tag=c&tag=d",
+        OCI,
+        &body,
+        &mut tags(0),
+    );
     assert_eq!(d.denial().map(|x| x.reason), Some(DenyReason::TagLimit));
-    let d = decide(&p, "/v2/project-1/app/manifests/sha256:ab?tag=a&tag=b&tag=c", OCI, &body, &mut tags(0));
-    assert_eq!(d.verdict, Verdict::Allow { reserved: vec!["a".into(), "b".into(), "c".into()] });
+    let d = decide(
+        &p,
+        "/v2/project-1/app/manifests/sha256:ab?tag=a&tag=b&tag=c",
+        OCI,
+        &body,
+        &mut tags(0),
+    );
+    assert_eq!(
+        d.verdict,
+        Verdict::Allow {
+            reserved: vec!["a".into(), "b".into(), "c".into()]
+        }
+    );
 }
 
 #[test]
 fn excluded_tags_neither_count_nor_get_refused() {
-    let p = policy("tag_count_limit: 1\nexclude_tags: ['^sha256-[0-9a-f]{64}(\\.(sig|att|sbom))?$']\n");
+    let p =
+        policy("tag_count_limit: 1\nexclude_tags: ['^sha256-[0-9a-f]{64}(\\.(sig|att|sbom))?$']\n");
     let sig = format!("sha256-{}.sig", "0".repeat(64));
     let mut book = TagBook::new(["v1".to_string(), format!("sha256-{}", "1".repeat(64))]);
-    let d = decide(&p, &format!("/v2/a/manifests/{sig}"), OCI, &image(1), &mut book);
+    let d = decide(
+        &p,
+        &format!("/v2/a/manifests/{sig}"),
+        OCI,
+        &image(1),
+        &mut book,
+    );
     assert_eq!(d.verdict, Verdict::Allow { reserved: vec![] });
-    assert_eq!(decide(&p, "/v2/a/manifests/v2", OCI, &image(1), &mut book).denial().map(|d| d.reason), Some(DenyReason::TagLimit));
+    assert_eq!(
+        decide(&p, "/v2/a/manifests/v2", OCI, &image(1), &mut book)
+            .denial()
+            .map(|d| d.reason),
+        Some(DenyReason::TagLimit)
+    );
 }
 
 #[test]
 fn indexes_have_no_size_of_their_own_but_tags_count() {
     let p = policy(SEED);
-    let body = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/manifests/oci-index-multiarch.regclient.json")).expect("fixture");
-    assert!(decide(&p, "/v2/project-1/app/manifests/v1", INDEX, &body, &mut tags(2)).is_allowed());
-    assert!(!decide(&p, "/v2/project-1/app/manifests/v1", INDEX, &body, &mut tags(3)).is_allowed());
+    let body = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/manifests/oci-index-multiarch.regclient.json"
+    ))
+    .expect("fixture");
+    assert!(
+        decide(
+            &p,
+            "/v2/project-1/app/manifests/v1",
+            INDEX,
+            &body,
+            &mut tags(2)
+        )
+        .is_allowed()
+    );
+    assert!(
+        !decide(
+            &p,
+            "/v2/project-1/app/manifests/v1",
+            INDEX,
+            &body,
+            &mut tags(3)
+        )
+        .is_allowed()
+    );
 }
 
 #[test]
 fn unmeasurable_bodies_are_refused_with_their_reason() {
     let p = policy(SEED);
-    let schema1 = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/manifests/schema1-signed.busybox.json")).expect("fixture");
-    let d = decide(&p, "/v2/a/manifests/v1", "application/vnd.docker.distribution.manifest.v1+prettyjws", &schema1, &mut tags(0));
+    let schema1 = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/manifests/schema1-signed.busybox.json"
+    ))
+    .expect("fixture");
+    let d = decide(
+        &p,
+        "/v2/a/manifests/v1",
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+        &schema1,
+        &mut tags(0),
+    );
     assert_eq!(d.denial().map(|d| d.reason), Some(DenyReason::Schema1));
     let d = decide(&p, "/v2/a/manifests/v1", OCI, b"{not json", &mut tags(0));
-    assert_eq!(d.denial().map(|d| d.reason), Some(DenyReason::ManifestInvalid));
+    assert_eq!(
+        d.denial().map(|d| d.reason),
+        Some(DenyReason::ManifestInvalid)
+    );
     let huge = vec![b' '; MAX_MANIFEST_BYTES + 1];
     let d = decide(&p, "/v2/a/manifests/v1", OCI, &huge, &mut tags(0));
-    assert_eq!(d.denial().map(|d| d.reason), Some(DenyReason::ManifestTooLarge));
+    assert_eq!(
+        d.denial().map(|d| d.reason),
+        Some(DenyReason::ManifestTooLarge)
+    );
 }
 
 #[test]
 fn a_limit_of_zero_tags_refuses_every_new_tag() {
     let p = policy("tag_count_limit: 0\n");
     assert!(!decide(&p, "/v2/a/manifests/v1", OCI, &image(1), &mut tags(0)).is_allowed());
-    assert!(decide(&p, "/v2/a/manifests/sha256:00", OCI, &image(1), &mut tags(0)).is_allowed());
+    assert!(
+        decide(
+            &p,
+            "/v2/a/manifests/sha256:00",
+            OCI,
+            &image(1),
+            &mut tags(0)
+        )
+        .is_allowed()
+    );
 }
 
 #[test]
 fn rules_match_the_name_or_the_name_with_a_slash() {
-    let p = policy("rules:\n  - path: ^team/app/.*\n    limit: {max_image_size: 1KB, tag_count_limit: 1}\n  - path: ^library/nginx$\n    limit: {max_image_size: 2KB, tag_count_limit: 2}\n");
+    let p = policy(
+        "rules:\n  - path: ^team/app/.*\n    limit: {max_image_size: 1KB, tag_count_limit: 1}\n  - path: ^library/nginx$\n    limit: {max_image_size: 2KB, tag_count_limit: 2}\n",
+    );
     let table: &[(&str, Option<usize>)] = &[
         ("team/app", Some(0)),
         ("team/app/x", Some(0)),
@@ -168,11 +339,18 @@ fn the_error_body_is_an_oci_envelope() {
 #[test]
 fn judging_reserves_nothing() {
     let p = policy(SEED);
-    let write = ManifestWrite::from_request("PUT", "/v2/project-1/app/manifests/new").expect("write");
+    let write =
+        ManifestWrite::from_request("PUT", "/v2/project-1/app/manifests/new").expect("write");
     let body = image(1);
-    let push = ManifestPush { write: &write, content_type: Some(OCI), body: &body };
+    let push = ManifestPush {
+        write: &write,
+        content_type: Some(OCI),
+        body: &body,
+    };
     let mut book = tags(2);
-    let Evaluation::NeedTags(q) = p.evaluate(&push) else { panic!("tags needed") };
+    let Evaluation::NeedTags(q) = p.evaluate(&push) else {
+        panic!("tags needed")
+    };
     assert!(q.judge(&mut book).is_allowed());
     assert_eq!(book.count(&TagFilter::default()), 2);
 }

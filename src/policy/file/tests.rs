@@ -1,7 +1,10 @@
 use super::*;
 
 fn fixture(kind: &str, name: &str) -> ConfigSource {
-    let path = format!("{}/tests/fixtures/policy/{kind}/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/policy/{kind}/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let text = std::fs::read_to_string(&path).expect("fixture present");
     ConfigSource::File {
         name: name.to_owned(),
@@ -43,9 +46,19 @@ fn seed_examples_give_the_documented_limits_in_both_file_shapes() {
             ("project-10/x", None, 100 * MB, 100),
         ];
         for (repo, rule, size, tags) in table {
-            assert_eq!(effective(&policy, repo), (*rule, *size, *tags), "{name} {repo}");
+            assert_eq!(
+                effective(&policy, repo),
+                (*rule, *size, *tags),
+                "{name} {repo}"
+            );
         }
-        assert_eq!(policy.limits_for("project-1/app").0.map(|r| r.path.as_str()), Some("^project-1/.*"));
+        assert_eq!(
+            policy
+                .limits_for("project-1/app")
+                .0
+                .map(|r| r.path.as_str()),
+            Some("^project-1/.*")
+        );
     }
 }
 
@@ -62,7 +75,10 @@ fn no_keys_at_all_gives_the_defaults() {
 #[test]
 fn values_may_be_numbers_or_strings_and_rules_a_string() {
     let policy = compile(&fixture("valid", "numbers-and-strings.yaml")).expect("valid");
-    assert_eq!(effective(&policy, "library/nginx"), (Some(0), 1_610_612_736, 7));
+    assert_eq!(
+        effective(&policy, "library/nginx"),
+        (Some(0), 1_610_612_736, 7)
+    );
     assert_eq!(effective(&policy, "library/nginx-extra"), (None, GB, 50));
     assert!(policy.limits_for("library/nginx").1.exclude_tags.is_empty());
     assert!(!policy.global().exclude_tags.is_empty());
@@ -81,7 +97,10 @@ fn a_rule_without_exclude_tags_inherits_the_global_list() {
 
 #[test]
 fn every_invalid_fixture_reports_its_fragments() {
-    let dir = format!("{}/tests/fixtures/policy/invalid", env!("CARGO_MANIFEST_DIR"));
+    let dir = format!(
+        "{}/tests/fixtures/policy/invalid",
+        env!("CARGO_MANIFEST_DIR")
+    );
     let mut seen = 0;
     let mut names: Vec<_> = std::fs::read_dir(&dir)
         .expect("fixture dir")
@@ -93,9 +112,14 @@ fn every_invalid_fixture_reports_its_fragments() {
         let expect_path = format!("{dir}/{}", name.replace(".yaml", ".expect"));
         let expected = std::fs::read_to_string(&expect_path)
             .unwrap_or_else(|_| panic!("{name} needs a .expect file"));
-        let err = compile(&fixture("invalid", &name)).expect_err(&name).to_string();
+        let err = compile(&fixture("invalid", &name))
+            .expect_err(&name)
+            .to_string();
         for fragment in expected.lines().filter(|l| !l.is_empty()) {
-            assert!(err.contains(fragment), "{name}: missing {fragment:?} in:\n{err}");
+            assert!(
+                err.contains(fragment),
+                "{name}: missing {fragment:?} in:\n{err}"
+            );
         }
         // Every problem carries a line number.
         let located = LoadError { problems: vec![] };
@@ -123,10 +147,17 @@ fn a_missing_limit_names_the_rule_index_and_line() {
 #[test]
 fn configmap_rule_lines_map_back_to_the_manifest() {
     let err = compile(&fixture("invalid", "configmap-bad-rule.yaml")).expect_err("invalid");
-    let lines: Vec<_> = err.problems.iter().map(|p| (p.field.as_str(), p.line)).collect();
+    let lines: Vec<_> = err
+        .problems
+        .iter()
+        .map(|p| (p.field.as_str(), p.line))
+        .collect();
     assert_eq!(
         lines,
-        [("tag_count_limit", Some(7)), ("rules[1].limit.max_image_size", Some(15))],
+        [
+            ("tag_count_limit", Some(7)),
+            ("rules[1].limit.max_image_size", Some(15))
+        ],
         "{err}"
     );
 }
@@ -137,21 +168,42 @@ fn bad_shapes_are_explained() {
         ("- a\n- b\n", "expected a mapping of configuration keys"),
         ("rules: 5\n", "expected a list of rules"),
         ("rules:\n  - 5\n", "rules[0]: expected a rule"),
-        ("rules:\n  - path: ^a\n    limit: 3\n", "rules[0].limit: expected a mapping"),
-        ("rules:\n  - path: [a]\n    limit: {max_image_size: 1, tag_count_limit: 1}\n", "rules[0].path: expected a regex string"),
+        (
+            "rules:\n  - path: ^a\n    limit: 3\n",
+            "rules[0].limit: expected a mapping",
+        ),
+        (
+            "rules:\n  - path: [a]\n    limit: {max_image_size: 1, tag_count_limit: 1}\n",
+            "rules[0].path: expected a regex string",
+        ),
         ("max_image_size: true\n", "expected a size"),
         ("max_image_size: \n", "expected a size"),
         ("tag_count_limit: 1.5\n", "found 1.5"),
         ("tag_count_limit: '10 tags'\n", "found `10 tags`"),
         ("kind: Deployment\n", "expected `ConfigMap`"),
-        ("kind: ConfigMap\ndata:\n  max_image_size: 5\n", "must be strings"),
-        ("kind: ConfigMap\ndata:\n  colour: red\n", "unknown key `colour`"),
-        ("kind: ConfigMap\nmax_image_size: 1MB\n", "belongs under `data`"),
-        ("kind: ConfigMap\nspec: {}\n", "unknown ConfigMap field `spec`"),
+        (
+            "kind: ConfigMap\ndata:\n  max_image_size: 5\n",
+            "must be strings",
+        ),
+        (
+            "kind: ConfigMap\ndata:\n  colour: red\n",
+            "unknown key `colour`",
+        ),
+        (
+            "kind: ConfigMap\nmax_image_size: 1MB\n",
+            "belongs under `data`",
+        ),
+        (
+            "kind: ConfigMap\nspec: {}\n",
+            "unknown ConfigMap field `spec`",
+        ),
         ("exclude_tags: '^x'\n", "expected a list of tag regexes"),
         ("exclude_tags: ['(']\n", "exclude_tags[0]: invalid regex"),
         ("a: 1\n---\nb: 2\n", "YAML error"),
-        ("rules:\n  - path: ^a\n    path: ^b\n    limit: {max_image_size: 1, tag_count_limit: 1}\n", "YAML error"),
+        (
+            "rules:\n  - path: ^a\n    path: ^b\n    limit: {max_image_size: 1, tag_count_limit: 1}\n",
+            "YAML error",
+        ),
     ];
     for (yaml, fragment) in table {
         let err = compile(&text(yaml)).expect_err(yaml).to_string();
@@ -171,17 +223,36 @@ fn directory_keys_are_read_as_configmap_values() {
     let source = ConfigSource::Directory {
         name: "cm".into(),
         keys: vec![
-            KeyFile { key: "max_image_size".into(), name: "cm/max_image_size".into(), text: "20MB\n".into() },
+            KeyFile {
+                key: "max_image_size".into(),
+                name: "cm/max_image_size".into(),
+                text: "20MB\n".into(),
+            },
             KeyFile {
                 key: "rules".into(),
                 name: "cm/rules".into(),
-                text: "- path: ^p/.*\n  limit:\n    max_image_size: 1MB\n    tag_count_limit: x\n".into(),
+                text: "- path: ^p/.*\n  limit:\n    max_image_size: 1MB\n    tag_count_limit: x\n"
+                    .into(),
             },
-            KeyFile { key: "tag_count_limit".into(), name: "cm/tag_count_limit".into(), text: "7".into() },
-            KeyFile { key: "extra".into(), name: "cm/extra".into(), text: "1".into() },
+            KeyFile {
+                key: "tag_count_limit".into(),
+                name: "cm/tag_count_limit".into(),
+                text: "7".into(),
+            },
+            KeyFile {
+                key: "extra".into(),
+                name: "cm/extra".into(),
+                text: "1".into(),
+            },
         ],
     };
     let err = compile(&source).expect_err("invalid").to_string();
-    assert!(err.contains("cm/rules:4:") && err.contains("rules[0].limit.tag_count_limit"), "{err}");
-    assert!(err.contains("cm/extra: extra: unknown key `extra`"), "{err}");
+    assert!(
+        err.contains("cm/rules:4:") && err.contains("rules[0].limit.tag_count_limit"),
+        "{err}"
+    );
+    assert!(
+        err.contains("cm/extra: extra: unknown key `extra`"),
+        "{err}"
+    );
 }

@@ -55,7 +55,11 @@ fn content_type_is_matched_without_parameters_or_case() {
         "Application/VND.OCI.Image.Manifest.v1+JSON",
         "  application/vnd.oci.image.manifest.v1+json ;q=1",
     ] {
-        assert_eq!(measure(Some(header), body).map(|m| m.image_bytes()), Ok(7), "{header}");
+        assert_eq!(
+            measure(Some(header), body).map(|m| m.image_bytes()),
+            Ok(7),
+            "{header}"
+        );
     }
 }
 
@@ -66,19 +70,42 @@ fn malformed_bodies_are_refused() {
         ("negative size", OCI, r#"{"layers":[{"size":-1}]}"#),
         ("fractional size", OCI, r#"{"layers":[{"size":1.5}]}"#),
         ("exponent size", OCI, r#"{"layers":[{"size":1e3}]}"#),
-        ("size over u64", OCI, r#"{"layers":[{"size":18446744073709551616}]}"#),
+        (
+            "size over u64",
+            OCI,
+            r#"{"layers":[{"size":18446744073709551616}]}"#,
+        ),
         ("string size", OCI, r#"{"layers":[{"size":"10"}]}"#),
-        ("missing size", OCI, r#"{"layers":[{"digest":"sha256:00"}]}"#),
-        ("missing layers", OCI, r#"{"schemaVersion":2,"config":{"size":2}}"#),
+        (
+            "missing size",
+            OCI,
+            r#"{"layers":[{"digest":"sha256:00"}]}"#,
+        ),
+        (
+            "missing layers",
+            OCI,
+            r#"{"schemaVersion":2,"config":{"size":2}}"#,
+        ),
         ("null layers", DOCKER, r#"{"layers":null}"#),
-        ("duplicate layers key", OCI, r#"{"layers":[],"layers":[{"size":99}]}"#),
+        (
+            "duplicate layers key",
+            OCI,
+            r#"{"layers":[],"layers":[{"size":99}]}"#,
+        ),
         ("array body", OCI, "[]"),
         ("empty body", OCI, ""),
-        ("index without manifests", "application/vnd.oci.image.index.v1+json", "{}"),
+        (
+            "index without manifests",
+            "application/vnd.oci.image.index.v1+json",
+            "{}",
+        ),
     ];
     for (name, header, body) in table {
         let got = measure(Some(header), body.as_bytes());
-        assert!(matches!(got, Err(ManifestError::Malformed { .. })), "{name}: {got:?}");
+        assert!(
+            matches!(got, Err(ManifestError::Malformed { .. })),
+            "{name}: {got:?}"
+        );
     }
 }
 
@@ -86,11 +113,20 @@ fn malformed_bodies_are_refused() {
 fn sums_that_overflow_are_refused() {
     let max = i64::MAX;
     let body = format!(r#"{{"layers":[{{"size":{max}}},{{"size":1}}]}}"#);
-    assert_eq!(measure(Some(OCI), body.as_bytes()), Err(ManifestError::SizeOverflow));
+    assert_eq!(
+        measure(Some(OCI), body.as_bytes()),
+        Err(ManifestError::SizeOverflow)
+    );
     let body = format!(r#"{{"layers":[{{"size":{}}}]}}"#, u64::MAX);
-    assert_eq!(measure(Some(OCI), body.as_bytes()), Err(ManifestError::SizeOverflow));
+    assert_eq!(
+        measure(Some(OCI), body.as_bytes()),
+        Err(ManifestError::SizeOverflow)
+    );
     let body = format!(r#"{{"layers":[{{"size":{max}}}]}}"#);
-    assert_eq!(measure(Some(OCI), body.as_bytes()).map(|m| m.image_bytes()), Ok(max as u64));
+    assert_eq!(
+        measure(Some(OCI), body.as_bytes()).map(|m| m.image_bytes()),
+        Ok(max as u64)
+    );
 }
 
 #[test]
@@ -109,7 +145,10 @@ fn header_and_body_types_must_agree() {
 fn missing_or_unknown_content_type_is_refused() {
     let body = br#"{"layers":[]}"#;
     assert_eq!(measure(None, body), Err(ManifestError::MissingContentType));
-    assert_eq!(measure(Some("  "), body), Err(ManifestError::MissingContentType));
+    assert_eq!(
+        measure(Some("  "), body),
+        Err(ManifestError::MissingContentType)
+    );
     assert!(matches!(
         measure(Some("application/json"), body),
         Err(ManifestError::UnknownContentType(_))
