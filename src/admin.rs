@@ -69,6 +69,7 @@ async fn status(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
         },
         "last_reload_error": reload.last_error,
         "last_reload_error_at": reload.last_error_at.map(rfc3339),
+        "watch_error": reload.watch_error,
     });
     (
         [(header::CONTENT_TYPE, "application/json")],

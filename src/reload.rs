@@ -9,6 +9,11 @@
 //! moves the resolved target. The watcher callback only signals; one tokio task debounces,
 //! re-reads through the configured path, and publishes through a `tokio::sync::watch` channel. A
 //! periodic re-read backs the watcher up, and stands in for it when no watcher can be created.
+//!
+//! Every event schedules a re-read, whatever its kind, with one exception: our own read opens
+//! files in the watched directories, and inotify reports those opens. An open or read event
+//! stamped during our read (or just after it) is taken for its echo, so re-reads never schedule
+//! each other; a writer's modify, close-after-write, create, rename or delete always counts.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
