@@ -1,0 +1,1046 @@
+#!/usr/bin/env python3
+"""The checks behind scripts/check-deploy (run that script, which installs the tools first).
+
+Validates every shipped deployment file without a Docker engine or a cluster:
+  - Envoy: `envoy --mode validate` on envoy/*.yaml, the in-pod copies of deploy/kubernetes, and
+    bootstraps assembled from the Envoy fragments of envoy/istio/*.yaml; the copies and the
+    ext_authz variant must not drift from envoy/envoy.yaml; the knobs the design relies on.
+  - docker-compose.yml: `docker-compose config` passes; Envoy mounts envoy/envoy.yaml itself;
+    the sidecar's config is a file inside a mounted directory; host names match envoy.yaml.
+  - Kubernetes: `kubectl kustomize` of the base and the Harbor overlay render, parse, and name
+    what they must (containers, probes, resources, non-root, grpc- port, ConfigMap, Secret).
+  - Istio: the provider, the CUSTOM policy's rules (never matching blob uploads) and the patches.
+Every failure is printed; the exit status is 1 if there was any.
+
+Needs PyYAML. Tools come from the environment: ENVOY_BIN, DOCKER_COMPOSE_BIN, KUBECTL_BIN, and
+optionally REGISTRY_GATEWAY_BIN (a built sidecar, for `check-config` on the shipped limits).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+FAILURES: list[str] = []
+MIB5 = 5 * 1024 * 1024
+SIDECAR_GRPC_PORT = 50051
+SIDECAR_ADMIN_PORT = 9091
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def step(title: str) -> None:
+    print(f"\n--> {title}", flush=True)
+
+
+def ok(what: str) -> None:
+    print(f"    ok: {what}", flush=True)
+
+
+def fail(what: str) -> None:
+    FAILURES.append(what)
+    print(f"    FAIL: {what}", flush=True)
+
+
+def check(cond: bool, what: str) -> bool:
+    if cond:
+        ok(what)
+    else:
+        fail(what)
+    return cond
+
+
+def rel(path: Path) -> str:
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def load_yaml(path: Path):
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f)
+
+
+def load_all(text: str) -> list:
+    return [d for d in yaml.safe_load_all(text) if d is not None]
+
+
+def run(cmd: list[str], what: str, cwd: Path = ROOT, timeout: int = 120) -> str | None:
+    """Runs a command; returns stdout, or records a failure with its output and returns None."""
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        fail(f"{what}: could not run {cmd[0]}: {e}")
+        return None
+    if proc.returncode != 0:
+        out = (proc.stderr + proc.stdout).strip()
+        fail(f"{what}: `{' '.join(cmd)}` exited {proc.returncode}\n{indent(out)}")
+        return None
+    return proc.stdout
+
+
+def indent(text: str, lines: int = 40) -> str:
+    kept = text.splitlines()[-lines:]
+    return "\n".join("        " + line for line in kept)
+
+
+def tool(name: str) -> str:
+    value = os.environ.get(name, "")
+    if not value:
+        print(f"check_deploy: {name} is not set (run scripts/check-deploy, which sets it)", file=sys.stderr)
+        sys.exit(2)
+    return value
+
+
+def envoy_validate(config: dict | Path, what: str) -> None:
+    """`envoy --mode validate` on a file or on an in-memory config (written as JSON)."""
+    envoy = tool("ENVOY_BIN")
+    if isinstance(config, Path):
+        out = run([envoy, "--mode", "validate", "--log-level", "warn", "-c", str(config)], f"envoy validate {what}")
+    else:
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(config, f)
+            path = f.name
+        try:
+            out = run([envoy, "--mode", "validate", "--log-level", "warn", "-c", path], f"envoy validate {what}")
+        finally:
+            os.unlink(path)
+    if out is not None:
+        ok(f"envoy --mode validate: {what}")
+
+
+def dig(obj, *keys, default=None):
+    for key in keys:
+        if isinstance(obj, dict) and key in obj:
+            obj = obj[key]
+        elif isinstance(obj, list) and isinstance(key, int) and -len(obj) <= key < len(obj):
+            obj = obj[key]
+        else:
+            return default
+    return obj
+
+
+def diff_paths(a, b, path: str = "") -> list[str]:
+    """Where two parsed YAML trees differ (at most a handful, for the message)."""
+    if type(a) is not type(b):
+        return [f"{path or '/'}: {a!r} != {b!r}"]
+    if isinstance(a, dict):
+        out = []
+        for key in sorted(set(a) | set(b), key=str):
+            if key not in a:
+                out.append(f"{path}/{key}: only in the second")
+            elif key not in b:
+                out.append(f"{path}/{key}: only in the first")
+            else:
+                out += diff_paths(a[key], b[key], f"{path}/{key}")
+        return out
+    if isinstance(a, list):
+        if len(a) != len(b):
+            return [f"{path}: {len(a)} items != {len(b)} items"]
+        out = []
+        for i, (x, y) in enumerate(zip(a, b)):
+            out += diff_paths(x, y, f"{path}[{i}]")
+        return out
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+def duration_seconds(text) -> float | None:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s)", str(text))
+    if not m:
+        return None
+    return float(m.group(1)) / (1000 if m.group(2) == "ms" else 1)
+
+
+# --- Envoy: the shipped files --------------------------------------------------------------------
+
+
+def hcm_of(listener: dict) -> dict:
+    for chain in listener.get("filter_chains", []):
+        for f in chain.get("filters", []):
+            if f.get("name") == "envoy.filters.network.http_connection_manager":
+                return f["typed_config"]
+    return {}
+
+
+def routes_of(hcm: dict) -> dict:
+    routes = {}
+    for vhost in dig(hcm, "route_config", "virtual_hosts", default=[]):
+        for route in vhost.get("routes", []):
+            routes[route.get("name", "")] = route
+    return routes
+
+
+def endpoint(cluster: dict) -> tuple[str, int] | None:
+    sa = dig(cluster, "load_assignment", "endpoints", 0, "lb_endpoints", 0, "endpoint", "address", "socket_address")
+    if not sa:
+        return None
+    return sa.get("address"), sa.get("port_value")
+
+
+def check_harness_shape(path: Path, config: dict) -> None:
+    """What tests/support/envoy.rs substitutes must be where it looks for it."""
+    text = path.read_text(encoding="utf-8")
+    name = rel(path)
+    for literal in ["address: registry", "address: gateway", "port_value: 5000", "port_value: 50051", "port_value: 9901"]:
+        check(literal in text, f"{name} spells `{literal}` (the test harness substitutes it)")
+    check(dig(config, "admin", "address", "socket_address") is not None, f"{name}: admin.address.socket_address")
+    listeners = dig(config, "static_resources", "listeners", default=[])
+    check(len(listeners) == 1, f"{name}: exactly one listener (the harness expects one)")
+    clusters = {c["name"]: c for c in dig(config, "static_resources", "clusters", default=[])}
+    check(endpoint(clusters.get("registry", {})) == ("registry", 5000), f"{name}: cluster `registry` -> registry:5000")
+    check(endpoint(clusters.get("registry-gateway", {})) == ("gateway", 50051), f"{name}: cluster `registry-gateway` -> gateway:50051")
+
+
+def check_common_knobs(name: str, config: dict) -> None:
+    listener = dig(config, "static_resources", "listeners", 0, default={})
+    hcm = hcm_of(listener)
+    check(hcm.get("normalize_path") is True and hcm.get("merge_slashes") is True
+          and hcm.get("path_with_escaped_slashes_action") == "REJECT_REQUEST",
+          f"{name}: path normalisation (normalize_path, merge_slashes, escaped slashes rejected)")
+    routes = routes_of(hcm)
+    mw, pt = routes.get("manifest-write", {}), routes.get("pass-through", {})
+    check(mw.get("request_body_buffer_limit") == MIB5, f"{name}: manifest route request_body_buffer_limit 5 MiB")
+    check(dig(pt, "route", "timeout") == "0s", f"{name}: pass-through route timeout 0s (long blob uploads)")
+    check(not pt.get("typed_per_filter_config") and not pt.get("request_body_buffer_limit"),
+          f"{name}: pass-through route neither buffers nor calls the sidecar")
+
+
+def check_ext_authz(config: dict, ext_proc: dict) -> None:
+    name = "envoy/ext-authz.yaml"
+    listener = dig(config, "static_resources", "listeners", 0, default={})
+    hcm = hcm_of(listener)
+    filters = hcm.get("http_filters", [])
+    authz = next((f for f in filters if f.get("name") == "envoy.filters.http.ext_authz"), None)
+    if not check(authz is not None, f"{name}: has the envoy.filters.http.ext_authz filter"):
+        return
+    tc = authz.get("typed_config", {})
+    check(authz.get("disabled") is True, f"{name}: ext_authz disabled by default (enabled on the manifest route only)")
+    check(tc.get("transport_api_version") == "V3", f"{name}: transport_api_version V3")
+    check(dig(tc, "grpc_service", "envoy_grpc", "cluster_name") == "registry-gateway", f"{name}: calls cluster registry-gateway")
+    check(duration_seconds(dig(tc, "grpc_service", "timeout")) == 5.0, f"{name}: grpc_service timeout 5s")
+    check(tc.get("failure_mode_allow") is False, f"{name}: failure_mode_allow false (fail closed)")
+    check(dig(tc, "status_on_error", "code") in ("ServiceUnavailable", 503), f"{name}: status_on_error 503")
+    body = tc.get("with_request_body", {})
+    check(body.get("max_request_bytes") == MIB5 and body.get("allow_partial_message") is False
+          and body.get("pack_as_bytes") is True,
+          f"{name}: with_request_body {{max_request_bytes: 5242880, allow_partial_message: false, pack_as_bytes: true}}")
+    exprs = [dig(m, "filter", "extension_filter", "typed_config", "expression", default="")
+             for m in dig(hcm, "local_reply_config", "mappers", default=[])]
+    check(bool(exprs) and all("ext_authz_error" in e and "ext_authz_denied" not in e for e in exprs),
+          f"{name}: the 503 local reply maps ext_authz errors only, never the sidecar's denials")
+    mw = routes_of(hcm).get("manifest-write", {})
+    per_route = dig(mw, "typed_per_filter_config", "envoy.filters.http.ext_authz", default={})
+    check(per_route.get("disabled") is False and "check_settings" in dig(per_route, "config", default={}),
+          f"{name}: the manifest route enables ext_authz (FilterConfig{{disabled: false}})")
+    check_common_knobs(name, config)
+
+    # Everything but the filter itself and its per-route switch mirrors envoy/envoy.yaml.
+    def strip(c: dict, filter_name: str) -> dict:
+        c = copy.deepcopy(c)
+        # Runtime flags of the ext_proc filter mean nothing to ext_authz.
+        for layer in dig(c, "layered_runtime", "layers", default=[]):
+            static = layer.get("static_layer", {})
+            for key in [k for k in static if k.startswith("envoy.reloadable_features.ext_proc")]:
+                del static[key]
+        layers = [l for l in dig(c, "layered_runtime", "layers", default=[]) if l.get("static_layer") != {}]
+        if layers:
+            c["layered_runtime"]["layers"] = layers
+        else:
+            c.pop("layered_runtime", None)
+        h = hcm_of(c["static_resources"]["listeners"][0])
+        # The local reply for "sidecar unavailable" matches each filter's own response details.
+        for mapper in dig(h, "local_reply_config", "mappers", default=[]):
+            tc = dig(mapper, "filter", "extension_filter", "typed_config", default={})
+            if "expression" in tc:
+                tc["expression"] = re.sub(r"ext_authz_error|ext_proc_error|ext_proc", "<filter>", tc["expression"])
+        h["http_filters"] = [f for f in h["http_filters"] if f.get("name") != filter_name]
+        for route in routes_of(h).values():
+            route.get("typed_per_filter_config", {}).pop(filter_name, None)
+            if route.get("typed_per_filter_config") == {}:
+                route.pop("typed_per_filter_config")
+        return c
+
+    diffs = diff_paths(strip(ext_proc, "envoy.filters.http.ext_proc"), strip(config, "envoy.filters.http.ext_authz"))
+    check(not diffs, f"{name}: identical to envoy/envoy.yaml apart from the filter"
+          + ("" if not diffs else ":\n" + indent("\n".join(diffs[:10]))))
+
+
+# The in-pod copies of envoy/envoy.yaml are generated from it (`scripts/check-deploy --sync`) and
+# must equal what the generator makes from the current envoy/envoy.yaml, byte for byte.
+POD_COPIES = {
+    "deploy/kubernetes/base/envoy/envoy.yaml": {
+        "registry": ("registry", 5000),
+        "registry_comment": "The registry's Service in the pod's namespace (the DNS search path completes the\n"
+                            "# name). Change it to your registry's `<service>.<namespace>.svc` and port.",
+        "header": """\
+# Envoy inside the registry-gateway pod (deploy/kubernetes/base), put into the ConfigMap
+# `registry-gateway-envoy` by base/kustomization.yaml.
+#
+#   client --Service registry-gateway:5000--> Envoy --> registry:5000    (pulls, blob uploads, tags)
+#                                               |
+#                                               +--gRPC--> 127.0.0.1:50051 (the sidecar container,
+#                                                          only PUT/DELETE /v2/<name>/manifests/<ref>)
+""",
+    },
+    "deploy/kubernetes/overlays/harbor/envoy.yaml": {
+        "registry": ("harbor-core", 80),
+        "registry_comment": "harbor-core's Service (Helm release `harbor`: `harbor-core`, port 80, in this\n"
+                            "# pod's namespace). It serves Harbor's /v2/ API and its token service.",
+        "header": """\
+# Envoy inside the registry-gateway pod at Harbor's front door (deploy/kubernetes/overlays/harbor,
+# docs/harbor.md); replaces the base's ConfigMap `registry-gateway-envoy`.
+#
+#   docker/CI --> Harbor's ingress --/v2/--> Envoy --> harbor-core:80        (Harbor's /v2/ API)
+#                      |                       |
+#                      |                       +--gRPC--> 127.0.0.1:50051   (manifest writes only)
+#                      +-- everything else (UI, /api, /service/token) --> Harbor, as before
+#
+# Envoy sits where Harbor's ingress used to send `/v2/`, so it sees the client's own manifest PUT,
+# with its tag, before harbor-core rewrites it (Harbor 2.15 and later push digests to their
+# backend registry).
+""",
+    },
+}
+
+POD_COPY_NOTE = """\
+#
+# GENERATED from envoy/envoy.yaml (the file the end-to-end tests run) by
+# `scripts/check-deploy --sync`; do not edit by hand: edit envoy/envoy.yaml, then sync.
+# scripts/check-deploy fails while this file is out of date. Differences from envoy/envoy.yaml:
+#   - the `registry` cluster's address (above);
+#   - the `registry-gateway` cluster's address: 127.0.0.1:50051, the other container of the pod
+#     (STRICT_DNS resolves an IP literal to itself);
+#   - the `envoy-ready` listener and `envoy-admin` cluster: the kubelet probes GET /ready there,
+#     while the admin interface itself stays on loopback.
+# Comments below are envoy/envoy.yaml's; where they speak of compose, read "the pod".
+
+"""
+
+READY_LISTENER = """
+  # Readiness for the kubelet: GET /ready, forwarded to the admin interface (which stays on
+  # loopback: it can stop Envoy and dump its config). Nothing else is answered here.
+  - name: envoy-ready
+    address:
+      socket_address: { address: 0.0.0.0, port_value: 9902 }
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: envoy_ready
+          route_config:
+            name: envoy-ready
+            virtual_hosts:
+            - name: envoy-ready
+              domains: ["*"]
+              routes:
+              - match:
+                  path: /ready
+                  headers:
+                  - name: ":method"
+                    string_match: { exact: GET }
+                route: { cluster: envoy-admin, timeout: 2s }
+              - match: { prefix: "/" }
+                direct_response: { status: 404 }
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"""
+
+ADMIN_CLUSTER = """
+  # Envoy's own admin interface, for the envoy-ready listener only.
+  - name: envoy-admin
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: envoy-admin
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: { address: 127.0.0.1, port_value: 9901 }
+"""
+
+
+def render_pod_copy(source: str, spec: dict) -> str:
+    """envoy/envoy.yaml rewritten for the pod: anchored on the spellings the test harness relies
+    on too, so that a change of shape fails here loudly instead of producing a wrong copy."""
+    lines = source.splitlines(keepends=True)
+    # Drop envoy.yaml's own header: the leading comment block up to the first blank line.
+    i = 0
+    while i < len(lines) and lines[i].startswith("#"):
+        i += 1
+    if i == 0 or i >= len(lines) or lines[i].strip():
+        raise ValueError("envoy/envoy.yaml no longer starts with a comment block and a blank line")
+    body = "".join(lines[i + 1:])
+
+    def replace_once(text: str, old: str, new: str) -> str:
+        if text.count(old) != 1:
+            raise ValueError(f"envoy/envoy.yaml: expected exactly one `{old.strip()}`")
+        return text.replace(old, new)
+
+    reg = "              socket_address: { address: registry, port_value: 5000 }\n"
+    host, port = spec["registry"]
+    body = replace_once(body, reg, "              # " + spec["registry_comment"].replace("\n# ", "\n              # ")
+                        + f"\n              socket_address: {{ address: {host}, port_value: {port} }}\n")
+    gw = "              socket_address: { address: gateway, port_value: 50051 }\n"
+    body = replace_once(body, gw, "              # The sidecar container of this pod.\n"
+                        "              socket_address: { address: 127.0.0.1, port_value: 50051 }\n")
+    body = replace_once(body, "\n  clusters:\n", READY_LISTENER + "\n  clusters:\n")
+    return spec["header"] + POD_COPY_NOTE + body.rstrip("\n") + "\n" + ADMIN_CLUSTER
+
+
+def check_pod_copies(sync: bool) -> None:
+    step("In-pod Envoy copies (deploy/kubernetes)")
+    source = (ROOT / "envoy" / "envoy.yaml").read_text(encoding="utf-8")
+    for name, spec in POD_COPIES.items():
+        path = ROOT / name
+        try:
+            wanted = render_pod_copy(source, spec)
+        except ValueError as e:
+            fail(f"{name}: cannot be generated: {e}")
+            continue
+        if sync and (not path.exists() or path.read_text(encoding="utf-8") != wanted):
+            path.write_text(wanted, encoding="utf-8")
+            print(f"    synced: {name}")
+        current = path.read_text(encoding="utf-8") if path.exists() else ""
+        if not check(current == wanted, f"{name}: up to date with envoy/envoy.yaml"
+                     + ("" if current == wanted else " (run `scripts/check-deploy --sync`)")):
+            continue
+        envoy_validate(path, name)
+        config = load_yaml(path)
+        clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
+        check(endpoint(clusters.get("registry-gateway", {})) == ("127.0.0.1", SIDECAR_GRPC_PORT),
+              f"{name}: the sidecar is reached on 127.0.0.1:{SIDECAR_GRPC_PORT} (same pod)")
+        check(endpoint(clusters.get("registry", {})) == spec["registry"],
+              f"{name}: upstream is {spec['registry'][0]}:{spec['registry'][1]}")
+        check(dig(config, "admin", "address", "socket_address", "address") == "127.0.0.1",
+              f"{name}: admin interface on loopback only")
+
+
+def check_envoy_files() -> dict:
+    step("Envoy configurations (envoy/*.yaml)")
+    ext_proc_path = ROOT / "envoy" / "envoy.yaml"
+    ext_authz_path = ROOT / "envoy" / "ext-authz.yaml"
+    ext_proc = load_yaml(ext_proc_path)
+    # Host names are not resolved in validate mode, so `registry`/`gateway` are fine as they are.
+    envoy_validate(ext_proc_path, "envoy/envoy.yaml")
+    check_harness_shape(ext_proc_path, ext_proc)
+    check_common_knobs("envoy/envoy.yaml", ext_proc)
+    if ext_authz_path.exists():
+        ext_authz = load_yaml(ext_authz_path)
+        envoy_validate(ext_authz_path, "envoy/ext-authz.yaml")
+        check_harness_shape(ext_authz_path, ext_authz)
+        check_ext_authz(ext_authz, ext_proc)
+    else:
+        fail("envoy/ext-authz.yaml is missing")
+    return ext_proc
+
+
+# --- docker-compose ------------------------------------------------------------------------------
+
+
+def compose_volumes(service: dict) -> list[tuple[str, str]]:
+    out = []
+    for v in service.get("volumes", []) or []:
+        if isinstance(v, dict):
+            out.append((str(v.get("source", "")), str(v.get("target", ""))))
+        else:
+            parts = str(v).split(":")
+            if len(parts) >= 2:
+                out.append((parts[0], parts[1]))
+    return out
+
+
+def flag(args: list[str], name: str) -> str | None:
+    """The value of `--name value` or `--name=value` in an argument list."""
+    for i, a in enumerate(args):
+        if a == name and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def as_args(command) -> list[str]:
+    if command is None:
+        return []
+    if isinstance(command, str):
+        return command.split()
+    return [str(c) for c in command]
+
+
+def check_compose(ext_proc: dict) -> None:
+    step("docker-compose.yml (docker-compose config)")
+    compose = tool("DOCKER_COMPOSE_BIN")
+    out = run([compose, "-f", "docker-compose.yml", "config"], "docker-compose config")
+    if out is None:
+        return
+    ok("docker-compose -f docker-compose.yml config")
+    cfg = yaml.safe_load(out)
+    services = cfg.get("services", {})
+    for svc in ("registry", "gateway", "envoy"):
+        check(svc in services, f"service `{svc}` exists")
+    registry, gateway, envoy = (services.get(s, {}) for s in ("registry", "gateway", "envoy"))
+
+    # registry
+    check(str(registry.get("image", "")).startswith("registry:2"), "registry: image registry:2")
+    env = registry.get("environment", {}) or {}
+    check(str(env.get("REGISTRY_STORAGE_DELETE_ENABLED", "")).lower() == "true", "registry: REGISTRY_STORAGE_DELETE_ENABLED=true")
+    check(not registry.get("ports"), "registry: not published on the host (only through Envoy)")
+
+    # gateway
+    build = gateway.get("build", {})
+    context = build.get("context") if isinstance(build, dict) else build
+    check(context is not None and Path(context).resolve() == ROOT, "gateway: built from the repository (build: .)")
+    check((ROOT / "Dockerfile").is_file(), "Dockerfile exists")
+    args = as_args(gateway.get("command"))
+    check(args[:1] == ["serve"], "gateway: command `serve ...`")
+    config_path = flag(args, "--config")
+    check(flag(args, "--grpc-listen") == f"0.0.0.0:{SIDECAR_GRPC_PORT}", f"gateway: --grpc-listen 0.0.0.0:{SIDECAR_GRPC_PORT}")
+    check(flag(args, "--admin-listen") == f"0.0.0.0:{SIDECAR_ADMIN_PORT}", f"gateway: --admin-listen 0.0.0.0:{SIDECAR_ADMIN_PORT}")
+    check(flag(args, "--registry-url") == "http://registry:5000", "gateway: --registry-url http://registry:5000")
+    check("--registry-insecure" in args, "gateway: --registry-insecure (plain-http registry)")
+    mounted_dir = None
+    for host, target in compose_volumes(gateway):
+        if config_path and config_path.startswith(target.rstrip("/") + "/"):
+            mounted_dir = (Path(host), target)
+    if check(mounted_dir is not None, f"gateway: --config {config_path} lies inside a mounted directory"):
+        host, target = mounted_dir
+        inside = host / config_path[len(target.rstrip("/")) + 1:]
+        check(host.is_dir(), f"gateway: the mount source {rel(host)} is a directory (rename-over edits are seen)")
+        check(inside.is_file(), f"gateway: {rel(inside)} exists on the host")
+        seed = load_yaml(ROOT / "tests" / "fixtures" / "policy" / "valid" / "seed.yaml")
+        if inside.is_file():
+            check(load_yaml(inside) == seed, f"{rel(inside)} holds the seed's example limits (tests/fixtures/policy/valid/seed.yaml)")
+            check_config_with_binary(inside, rel(inside))
+
+    # envoy
+    check(str(envoy.get("image", "")).startswith("envoyproxy/envoy:v1.40"), "envoy: official image envoyproxy/envoy:v1.40.x")
+    eargs = as_args(envoy.get("command"))
+    envoy_config = flag(eargs, "-c") or flag(eargs, "--config-path") or "/etc/envoy/envoy.yaml"
+    mounts = {target: Path(host) for host, target in compose_volumes(envoy)}
+    src = mounts.get(envoy_config)
+    check(src is not None and src.resolve() == (ROOT / "envoy" / "envoy.yaml").resolve(),
+          f"envoy: runs {envoy_config}, which is ./envoy/envoy.yaml itself (the file the tests run)")
+    ports = envoy.get("ports", []) or []
+    check(any(str(p.get("published")) == "5000" and str(p.get("target")) == "5000" for p in ports if isinstance(p, dict))
+          or "5000:5000" in [str(p) for p in ports], "envoy: publishes 5000:5000")
+    # envoy.yaml's upstream host names must be these services, on these ports.
+    clusters = {c["name"]: c for c in ext_proc["static_resources"]["clusters"]}
+    reg_host, reg_port = endpoint(clusters["registry"]) or (None, None)
+    gw_host, gw_port = endpoint(clusters["registry-gateway"]) or (None, None)
+    check(reg_host in services and reg_port == 5000, f"envoy.yaml's registry host `{reg_host}:{reg_port}` is the compose service (registry:2 listens on 5000)")
+    check(gw_host in services and gw_port == SIDECAR_GRPC_PORT, f"envoy.yaml's sidecar host `{gw_host}:{gw_port}` is the compose service `gateway`")
+
+    # optional ext_authz Envoy
+    extra = services.get("envoy-ext-authz")
+    if extra is not None:
+        mounts = {target: Path(host) for host, target in compose_volumes(extra)}
+        src = mounts.get("/etc/envoy/envoy.yaml")
+        check(src is not None and src.resolve() == (ROOT / "envoy" / "ext-authz.yaml").resolve(),
+              "envoy-ext-authz: runs ./envoy/ext-authz.yaml itself")
+
+
+def check_config_with_binary(path: Path, what: str) -> None:
+    binary = os.environ.get("REGISTRY_GATEWAY_BIN", "")
+    if not binary:
+        print(f"    skip: `registry-gateway check-config {what}` (no built binary; run cargo build first)")
+        return
+    if run([binary, "check-config", str(path)], f"registry-gateway check-config {what}") is not None:
+        ok(f"registry-gateway check-config accepts {what}")
+
+
+def check_dockerfile() -> None:
+    """No engine here to build it: check what can be read."""
+    step("Dockerfile (static checks; no Docker engine to build it)")
+    path = ROOT / "Dockerfile"
+    if not check(path.is_file(), "Dockerfile exists"):
+        return
+    lines = [l.strip() for l in path.read_text(encoding="utf-8").splitlines()]
+    # Join continuation lines.
+    joined, cur = [], ""
+    for l in lines:
+        if l.startswith("#") and not cur:
+            continue
+        cur += " " + l.rstrip("\\")
+        if not l.endswith("\\"):
+            joined.append(cur.strip())
+            cur = ""
+    stages = [i for i, l in enumerate(joined) if l.upper().startswith("FROM ")]
+    check(len(stages) >= 2, "multi-stage (a build stage and a runtime stage)")
+    check(any("cargo build" in l and "--release" in l and "--locked" in l for l in joined),
+          "the build runs `cargo build --release --locked` (exactly Cargo.lock's versions)")
+    final = joined[stages[-1]:] if stages else []
+    users = [l.split(None, 1)[1] for l in final if l.upper().startswith("USER ")]
+    check(bool(users) and users[-1].split(":")[0] not in ("root", "0"), f"the runtime stage runs as a non-root USER ({users[-1] if users else 'none'})")
+    exposed = " ".join(l for l in final if l.upper().startswith("EXPOSE "))
+    check(str(SIDECAR_GRPC_PORT) in exposed and str(SIDECAR_ADMIN_PORT) in exposed, f"EXPOSE {SIDECAR_GRPC_PORT} {SIDECAR_ADMIN_PORT}")
+    check(any(l.upper().startswith("ENTRYPOINT") and "registry-gateway" in l for l in final), "ENTRYPOINT runs registry-gateway")
+    cmd = [l for l in final if l.upper().startswith("CMD")]
+    check(bool(cmd) and "serve" in cmd[-1], "the default command is `serve`")
+    ignored = [l.strip() for l in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+               if l.strip() and not l.startswith("#")] if (ROOT / ".dockerignore").is_file() else []
+    copied = [tok for l in joined if l.upper().startswith("COPY ") and "--from" not in l for tok in l.split()[1:-1]]
+    missing = [c for c in copied if not (ROOT / c).exists()]
+    excluded = [c for c in copied if c.strip("./") in [i.strip("/") for i in ignored]]
+    check(bool(copied) and not missing and not excluded,
+          f"COPY sources {copied} exist and are not in .dockerignore" + (f" (missing {missing}, ignored {excluded})" if missing or excluded else ""))
+    check({"target", ".git", ".venv"} <= set(i.strip("/") for i in ignored), ".dockerignore leaves out target/, .git/, .venv/")
+
+
+# --- Kubernetes ----------------------------------------------------------------------------------
+
+
+def by_kind(docs: list) -> dict[tuple[str, str], dict]:
+    return {(d.get("kind"), dig(d, "metadata", "name")): d for d in docs}
+
+
+def container_port(container: dict, port) -> int | None:
+    if isinstance(port, int):
+        return port
+    for p in container.get("ports", []):
+        if p.get("name") == port:
+            return p.get("containerPort")
+    return None
+
+
+def check_kustomize(directory: str, ext_proc: dict, harbor: bool) -> None:
+    step(f"kubectl kustomize {directory}")
+    kubectl = tool("KUBECTL_BIN")
+    out = run([kubectl, "kustomize", directory], f"kubectl kustomize {directory}")
+    if out is None:
+        return
+    ok(f"kubectl kustomize {directory} renders")
+    try:
+        docs = load_all(out)
+    except yaml.YAMLError as e:
+        fail(f"{directory}: the rendered output is not YAML: {e}")
+        return
+    ok(f"{directory}: {len(docs)} objects parse as YAML")
+    objects = by_kind(docs)
+    name = directory
+
+    dep = objects.get(("Deployment", "registry-gateway"))
+    if not check(dep is not None, f"{name}: Deployment registry-gateway"):
+        return
+    pod = dig(dep, "spec", "template", "spec", default={})
+    containers = {c["name"]: c for c in pod.get("containers", [])}
+    check(set(containers) >= {"envoy", "registry-gateway"}, f"{name}: containers envoy and registry-gateway in one pod")
+    pod_sc = pod.get("securityContext", {})
+    for cname, c in containers.items():
+        sc = c.get("securityContext", {})
+        non_root = sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True
+        uid = sc.get("runAsUser", pod_sc.get("runAsUser"))
+        check(non_root and uid not in (0, None), f"{name}: {cname} runs as non-root (runAsNonRoot, runAsUser {uid})")
+        check(sc.get("allowPrivilegeEscalation") is False and sc.get("readOnlyRootFilesystem") is True
+              and "ALL" in dig(sc, "capabilities", "drop", default=[]),
+              f"{name}: {cname} no privilege escalation, read-only root, capabilities drop ALL")
+        res = c.get("resources", {})
+        check(bool(dig(res, "requests", "cpu")) and bool(dig(res, "requests", "memory")) and bool(dig(res, "limits", "memory")),
+              f"{name}: {cname} has resource requests and a memory limit")
+        check(bool(c.get("readinessProbe")) and bool(c.get("livenessProbe")), f"{name}: {cname} has readiness and liveness probes")
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+
+    # The sidecar.
+    side = containers.get("registry-gateway", {})
+    args = as_args(side.get("command", [])) + as_args(side.get("args", []))
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        get = dig(side, probe, "httpGet", default={})
+        check(get.get("path") == path and container_port(side, get.get("port")) == SIDECAR_ADMIN_PORT,
+              f"{name}: registry-gateway {probe} GET {path} on {SIDECAR_ADMIN_PORT}")
+    check("serve" in args, f"{name}: registry-gateway runs `serve`")
+    grpc_listen = flag(args, "--grpc-listen") or ""
+    check(grpc_listen.endswith(f":{SIDECAR_GRPC_PORT}"), f"{name}: --grpc-listen on port {SIDECAR_GRPC_PORT}")
+    check((flag(args, "--admin-listen") or "").startswith("0.0.0.0:"), f"{name}: admin port reachable by the kubelet (0.0.0.0)")
+    mounts = {m["name"]: m for m in side.get("volumeMounts", [])}
+
+    cm = objects.get(("ConfigMap", "registry-gateway-config"))
+    if check(cm is not None, f"{name}: ConfigMap registry-gateway-config"):
+        data = cm.get("data", {})
+        check(set(data) == {"max_image_size", "tag_count_limit", "rules"},
+              f"{name}: ConfigMap keys max_image_size, tag_count_limit, rules (the seed's format)")
+        rules = yaml.safe_load(data.get("rules", "")) if isinstance(data.get("rules"), str) else None
+        check(isinstance(rules, list) and all("path" in r and "limit" in r for r in rules),
+              f"{name}: ConfigMap `rules` is a YAML list of {{path, limit}}")
+        seed = load_yaml(ROOT / "tests" / "fixtures" / "policy" / "valid" / "seed.yaml")
+        check(str(data.get("max_image_size")) == str(seed["max_image_size"])
+              and str(data.get("tag_count_limit")) == str(seed["tag_count_limit"]) and rules == seed["rules"],
+              f"{name}: ConfigMap holds the seed's example limits")
+        cm_vol = next((v for v in volumes.values() if dig(v, "configMap", "name") == "registry-gateway-config"), None)
+        mount = mounts.get(cm_vol["name"]) if cm_vol else None
+        check(mount is not None and "subPath" not in mount and "subPathExpr" not in mount
+              and "items" not in cm_vol.get("configMap", {}),
+              f"{name}: the ConfigMap is mounted into registry-gateway as a whole directory (no subPath, no items)")
+        if mount is not None:
+            check(flag(args, "--config") == mount["mountPath"], f"{name}: --config is the ConfigMap's directory {mount['mountPath']}")
+        if isinstance(data.get("rules"), str):
+            with tempfile.TemporaryDirectory() as tmp:
+                for key, value in data.items():
+                    Path(tmp, key).write_text(str(value), encoding="utf-8")
+                check_config_with_binary(Path(tmp), f"the ConfigMap of {name} (as a mounted directory)")
+
+    secret = objects.get(("Secret", "registry-gateway-external-registry-secret"))
+    if check(secret is not None, f"{name}: Secret registry-gateway-external-registry-secret"):
+        keys = set(secret.get("data", {}) or {}) | set(secret.get("stringData", {}) or {})
+        check(keys == {"username", "password", "insecure"}, f"{name}: Secret keys username, password, insecure")
+        vol = next((v for v in volumes.values() if dig(v, "secret", "secretName") == "registry-gateway-external-registry-secret"), None)
+        mount = mounts.get(vol["name"]) if vol else None
+        check(mount is not None and "subPath" not in mount and flag(args, "--registry-credentials-dir") == mount["mountPath"],
+              f"{name}: the Secret is mounted as the --registry-credentials-dir directory")
+
+    # Envoy.
+    envoy = containers.get("envoy", {})
+    check(str(envoy.get("image", "")).startswith("envoyproxy/envoy:v1.40"), f"{name}: envoy image envoyproxy/envoy:v1.40.x")
+    check(dig(envoy, "readinessProbe", "httpGet", "path") == "/ready", f"{name}: envoy readiness probe GET /ready")
+    eargs = as_args(envoy.get("command", [])) + as_args(envoy.get("args", []))
+    econfig = flag(eargs, "--config-path") or flag(eargs, "-c") or "/etc/envoy/envoy.yaml"
+    emounts = {m["mountPath"]: m["name"] for m in envoy.get("volumeMounts", [])}
+    evol = volumes.get(emounts.get(str(Path(econfig).parent), ""), {})
+    ecm = objects.get(("ConfigMap", dig(evol, "configMap", "name")))
+    if check(ecm is not None and "envoy.yaml" in ecm.get("data", {}),
+             f"{name}: envoy's {econfig} comes from a ConfigMap with key envoy.yaml"):
+        shipped = ROOT / "deploy" / "kubernetes" / ("overlays/harbor/envoy.yaml" if harbor else "base/envoy/envoy.yaml")
+        check(yaml.safe_load(ecm["data"]["envoy.yaml"]) == load_yaml(shipped),
+              f"{name}: that ConfigMap is {rel(shipped)}")
+        rendered = yaml.safe_load(ecm["data"]["envoy.yaml"])
+        ready_port = dig(next((l for l in rendered["static_resources"]["listeners"] if l["name"] == "envoy-ready"), {}),
+                         "address", "socket_address", "port_value")
+        check(container_port(envoy, dig(envoy, "readinessProbe", "httpGet", "port")) == ready_port,
+              f"{name}: envoy's probe port is the envoy-ready listener ({ready_port})")
+
+    # Services.
+    services = [d for d in docs if d.get("kind") == "Service"]
+    ports = [p for s in services for p in dig(s, "spec", "ports", default=[])]
+    grpc = [p for p in ports if str(p.get("name", "")).startswith("grpc-")]
+    check(bool(grpc) and all(container_port(side, p.get("targetPort")) == SIDECAR_GRPC_PORT for p in grpc),
+          f"{name}: a Service port named grpc-... targets the sidecar's gRPC port (mesh protocol detection)")
+    front = [p for p in ports if p.get("name") == "http-registry" and p.get("port") == 5000]
+    check(bool(front) and all(container_port(envoy, p.get("targetPort")) == 5000 for p in front),
+          f"{name}: Service port 5000 `http-registry` targets Envoy")
+    selector_ok = all(
+        all(dig(dep, "spec", "template", "metadata", "labels", k) == v for k, v in dig(s, "spec", "selector", default={}).items())
+        for s in services)
+    check(selector_ok, f"{name}: Service selectors match the pod's labels")
+
+    if harbor:
+        url = flag(args, "--registry-url") or ""
+        check(url.startswith("https://") and "registry:5000" not in url,
+              f"{name}: --registry-url is Harbor's external URL ({url})")
+        check(secret is not None and str(dig(secret, "stringData", "username", default="")).startswith("robot$"),
+              f"{name}: the Secret holds a Harbor robot account (robot$...)")
+    else:
+        check(flag(args, "--registry-url") == "http://registry:5000", f"{name}: --registry-url http://registry:5000")
+
+
+# --- Istio ---------------------------------------------------------------------------------------
+
+
+def bootstrap(http_filters: list, clusters: list) -> dict:
+    """A minimal static config holding Istio-generated-like pieces, for `envoy --mode validate`."""
+    return {
+        "static_resources": {
+            "listeners": [{
+                "name": "virtualInbound",
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": 15006}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                        "stat_prefix": "inbound_0.0.0.0_5000",
+                        "route_config": {"name": "inbound|5000||", "virtual_hosts": [{
+                            "name": "inbound|http|5000", "domains": ["*"],
+                            "routes": [{"name": "default", "match": {"prefix": "/"},
+                                        "route": {"cluster": "inbound|5000||", "timeout": "0s"}}]}]},
+                        "http_filters": http_filters + [{
+                            "name": "envoy.filters.http.router",
+                            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+                    }}]}],
+            }],
+            "clusters": [{
+                "name": "inbound|5000||", "type": "STATIC", "connect_timeout": "1s",
+                "load_assignment": {"cluster_name": "inbound|5000||", "endpoints": [{"lb_endpoints": [
+                    {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 5000}}}}]}]},
+            }] + clusters,
+        }
+    }
+
+
+def merge(dst: dict, src: dict) -> None:
+    for key, value in src.items():
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            merge(dst[key], value)
+        else:
+            dst[key] = copy.deepcopy(value)
+
+
+def apply_listener_patches(config: dict, patches: list, what: str) -> None:
+    listener = config["static_resources"]["listeners"][0]
+    hcm_filter = listener["filter_chains"][0]["filters"][0]
+    for p in patches:
+        match = p.get("match", {})
+        value = dig(p, "patch", "value", default={})
+        op = dig(p, "patch", "operation")
+        if p.get("applyTo") == "LISTENER" and op == "MERGE":
+            check(dig(match, "listener", "name") == "virtualInbound" or dig(match, "context") == "GATEWAY",
+                  f"{what}: the LISTENER patch targets `virtualInbound` (inbound listener patches match the "
+                  "listener's own port, 15006, not 5000)")
+            check(value.get("per_connection_buffer_limit_bytes") == MIB5,
+                  f"{what}: the LISTENER patch raises per_connection_buffer_limit_bytes to 5 MiB (Istio keeps 1 MiB)")
+            merge(listener, value)
+        elif p.get("applyTo") == "NETWORK_FILTER" and op == "MERGE":
+            check(value.get("name") == "envoy.filters.network.http_connection_manager",
+                  f"{what}: the NETWORK_FILTER patch merges into the HTTP connection manager")
+            tc = value.get("typed_config", {})
+            check(tc.get("normalize_path") is True and tc.get("merge_slashes") is True
+                  and tc.get("path_with_escaped_slashes_action") == "REJECT_REQUEST",
+                  f"{what}: the connection manager patch normalises paths like envoy/envoy.yaml")
+            merge(hcm_filter["typed_config"], tc)
+
+
+MANIFEST_RE = re.compile(r"^/v2/.+/manifests/[^/?]+([?].*)?$")
+SAMPLE_PATHS = {
+    # path: is it a manifest write path?
+    "/v2/a/manifests/v1": True,
+    "/v2/project-1/app/manifests/latest": True,
+    "/v2/a/b/c/d/manifests/sha256:" + "0" * 64: True,
+    "/v2/project-2/big-image/x/manifests/v1?tag=a&tag=b": True,
+    "/v2/a/blobs/uploads/": False,
+    "/v2/project-1/app/blobs/uploads/3f1c-uuid": False,
+    "/v2/project-1/app/blobs/uploads/3f1c-uuid?digest=sha256:" + "1" * 64: False,
+    "/v2/manifests/blobs/uploads/uuid": False,
+    "/v2/a/manifests/blobs/uploads/uuid": False,
+    "/v2/a/blobs/sha256:" + "2" * 64: False,
+    "/v2/a/tags/list": False,
+}
+
+
+def check_envoyfilter_ext_proc(path: Path) -> None:
+    name = rel(path)
+    docs = load_all(path.read_text(encoding="utf-8"))
+    ef = next((d for d in docs if d.get("kind") == "EnvoyFilter"), None)
+    if not check(ef is not None, f"{name}: an EnvoyFilter"):
+        return
+    check(bool(dig(ef, "spec", "workloadSelector", "labels")), f"{name}: scoped with a workloadSelector")
+    patches = dig(ef, "spec", "configPatches", default=[])
+    by = {}
+    for p in patches:
+        by.setdefault(p.get("applyTo"), []).append(p)
+    clusters = [dig(p, "patch", "value") for p in by.get("CLUSTER", []) if dig(p, "patch", "operation") == "ADD"]
+    check(len(clusters) == 1, f"{name}: one CLUSTER ADD patch (the same-pod sidecar)")
+    check(all(dig(c, "typed_extension_protocol_options", "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                  "explicit_http_config", "http2_protocol_options") is not None for c in clusters),
+          f"{name}: the sidecar cluster speaks HTTP/2 (gRPC)")
+    hf = [p for p in by.get("HTTP_FILTER", [])]
+    check(len(hf) == 1 and dig(hf[0], "patch", "operation") == "INSERT_BEFORE"
+          and dig(hf[0], "match", "listener", "filterChain", "filter", "subFilter", "name") == "envoy.filters.http.router",
+          f"{name}: the filter is inserted before the router")
+    check(all(dig(p, "match", "context") in ("SIDECAR_INBOUND", "GATEWAY") for p in patches),
+          f"{name}: every patch is for SIDECAR_INBOUND or GATEWAY")
+    if not hf:
+        return
+    value = dig(hf[0], "patch", "value")
+    inner = dig(value, "typed_config", "extension_config", "typed_config", default={})
+    mode = inner.get("processing_mode", {})
+    check(inner.get("failure_mode_allow") is False and mode.get("request_body_mode") == "BUFFERED"
+          and mode.get("response_header_mode") == "SEND",
+          f"{name}: ext_proc fails closed, buffers the manifest and sees the registry's status")
+    cluster_names = {c.get("name") for c in clusters}
+    check(dig(inner, "grpc_service", "envoy_grpc", "cluster_name") in cluster_names,
+          f"{name}: ext_proc calls the added cluster")
+    # The matcher must skip the filter for everything but manifest writes.
+    pm = dig(value, "typed_config", "xds_matcher", "matcher_list", "matchers", 0, "predicate", "not_matcher", "and_matcher", "predicate", default=[])
+    regexes = {dig(p, "single_predicate", "input", "typed_config", "header_name"):
+               dig(p, "single_predicate", "value_match", "safe_regex", "regex") for p in pm}
+    action = dig(value, "typed_config", "xds_matcher", "matcher_list", "matchers", 0, "on_match", "action", "typed_config", "@type", default="")
+    check(action.endswith("SkipFilter") and regexes.get(":method") and regexes.get(":path"),
+          f"{name}: the filter is skipped unless :method and :path are a manifest write")
+    if regexes.get(":path"):
+        path_re = re.compile(regexes[":path"])
+        wrong = [p for p, want in SAMPLE_PATHS.items() if bool(path_re.search(p)) != want]
+        check(not wrong, f"{name}: the :path matcher selects manifest paths and never blob uploads"
+              + ("" if not wrong else f" (wrong for {wrong})"))
+    if regexes.get(":method"):
+        method_re = re.compile(regexes[":method"])
+        check(all(bool(method_re.search(m)) == (m in ("PUT", "DELETE")) for m in ("PUT", "DELETE", "GET", "HEAD", "PATCH", "POST", "put")),
+              f"{name}: the :method matcher selects PUT and DELETE only")
+    config = bootstrap([value], clusters)
+    apply_listener_patches(config, by.get("LISTENER", []) + by.get("NETWORK_FILTER", []), name)
+    check(bool(by.get("LISTENER")), f"{name}: has the LISTENER buffer-limit patch")
+    envoy_validate(config, f"{name} (its patches applied to an inbound listener)")
+
+
+def istio_template_valid(path: str) -> bool:
+    """Istio's rules for path templates (AuthorizationPolicy `paths` with {*} or {**})."""
+    if "{*}" not in path and "{**}" not in path:
+        return True
+    segments = path.split("/")
+    ops = [s for s in segments if "{" in s or "}" in s or "*" in s]
+    if any(s not in ("{*}", "{**}") for s in ops):
+        return False  # `*` outside an operator, or other characters in an operator's segment
+    if "{**}" in ops and ops.index("{**}") != len(ops) - 1:
+        return False  # {**} must be the last operator
+    return True
+
+
+def istio_template_match(template: str, path: str) -> bool:
+    path = path.split("?", 1)[0]
+    parts = []
+    for seg in template.split("/"):
+        parts.append({"{*}": "[^/]+", "{**}": ".*"}.get(seg, re.escape(seg)))
+    return re.fullmatch("/".join(parts), path) is not None
+
+
+def check_ext_authz_provider(path: Path) -> None:
+    name = rel(path)
+    docs = load_all(path.read_text(encoding="utf-8"))
+    kinds = {d.get("kind") for d in docs}
+    check({"IstioOperator", "AuthorizationPolicy", "EnvoyFilter"} <= kinds,
+          f"{name}: the mesh provider (IstioOperator meshConfig), the AuthorizationPolicy and the buffer EnvoyFilter")
+    op = next((d for d in docs if d.get("kind") == "IstioOperator"), {})
+    providers = dig(op, "spec", "meshConfig", "extensionProviders", default=[])
+    provider = next((p for p in providers if "envoyExtAuthzGrpc" in p), None)
+    if not check(provider is not None, f"{name}: an envoyExtAuthzGrpc extension provider"):
+        return
+    g = provider["envoyExtAuthzGrpc"]
+    body = g.get("includeRequestBodyInCheck", {})
+    check(body.get("maxRequestBytes") == MIB5 and body.get("packAsBytes") is True and body.get("allowPartialMessage") is False,
+          f"{name}: includeRequestBodyInCheck {{maxRequestBytes: 5242880, packAsBytes: true, allowPartialMessage: false}}")
+    check(g.get("failOpen") is False, f"{name}: failOpen false")
+    check(g.get("statusOnError") == "503", f'{name}: statusOnError "503" (a string)')
+    check(duration_seconds(g.get("timeout")) is not None and duration_seconds(g.get("timeout")) <= 10,
+          f"{name}: an explicit timeout ({g.get('timeout')}; Istio's default is 600s)")
+    check(g.get("port") == SIDECAR_GRPC_PORT, f"{name}: provider port {SIDECAR_GRPC_PORT}")
+
+    policies = [d for d in docs if d.get("kind") == "AuthorizationPolicy"]
+    check(len(policies) == 1, f"{name}: one AuthorizationPolicy")
+    for pol in policies:
+        spec = pol.get("spec", {})
+        check(spec.get("action") == "CUSTOM", f"{name}: action CUSTOM")
+        check(dig(spec, "provider", "name") == provider.get("name"),
+              f"{name}: the policy's provider is the one defined ({provider.get('name')}); a wrong name turns into deny rules")
+        check(bool(dig(spec, "selector", "matchLabels")), f"{name}: the policy selects the registry's pods")
+        # Which sample requests would call the sidecar (and so have their body buffered)?
+        def called(method: str, p: str, content_type: str) -> bool:
+            for rule in spec.get("rules", []):
+                ops = [dig(t, "operation", default={}) for t in rule.get("to", [])] or [{}]
+                ok_to = False
+                for o in ops:
+                    if o.get("methods") and method not in o["methods"]:
+                        continue
+                    if o.get("paths") and not any(istio_template_match(t, p) for t in o["paths"]):
+                        continue
+                    ok_to = True
+                if not ok_to:
+                    continue
+                ok_when = True
+                for w in rule.get("when", []):
+                    if w.get("key") == "request.headers[content-type]":
+                        vals = w.get("values", [])
+                        ok_when &= any(content_type.startswith(v[:-1]) if v.endswith("*") else content_type == v for v in vals)
+                if ok_when:
+                    return True
+            return False
+
+        for rule in spec.get("rules", []):
+            for t in rule.get("to", []):
+                o = t.get("operation", {})
+                check(set(o.get("methods", [])) <= {"PUT", "DELETE"} and o.get("methods"),
+                      f"{name}: rule methods {o.get('methods')} are within PUT/DELETE")
+                for p in o.get("paths", []):
+                    check(istio_template_valid(p), f"{name}: `{p}` is a valid Istio path template")
+        oci = "application/vnd.oci.image.manifest.v1+json"
+        manifest_cases = [("PUT", "/v2/project-1/app/manifests/v1", oci),
+                          ("PUT", "/v2/a/b/c/d/e/f/g/h/i/manifests/v1", oci + "; charset=utf-8"),
+                          ("PUT", "/v2/project-1/app/manifests/v1", "application/vnd.docker.distribution.manifest.v2+json"),
+                          ("PUT", "/v2/project-1/app/manifests/v1", "Application/VND.oci.image.manifest.v1+json"),
+                          ("DELETE", "/v2/project-1/app/manifests/sha256:" + "0" * 64, ""),
+                          ("PUT", "/v2/project-2/big-image/x/manifests/v1", "")]
+        missed = [c for c in manifest_cases if not called(*c)]
+        check(not missed, f"{name}: manifest writes call the sidecar" + ("" if not missed else f" (not: {missed})"))
+        uploads = [("PUT", "/v2/project-1/app/blobs/uploads/uuid", "application/octet-stream"),
+                   ("PATCH", "/v2/project-1/app/blobs/uploads/uuid", "application/octet-stream"),
+                   ("POST", "/v2/project-1/app/blobs/uploads/", ""),
+                   ("PUT", "/v2/a/manifests/blobs/uploads/uuid", ""),
+                   ("GET", "/v2/project-1/app/manifests/v1", ""),
+                   ("DELETE", "/v2/project-1/app/blobs/sha256:" + "0" * 64, "")]
+        hit = [c for c in uploads if called(*c)]
+        check(not hit, f"{name}: blob uploads and pulls never call the sidecar (never buffered)"
+              + ("" if not hit else f" (but: {hit})"))
+
+    # What Istio generates from the provider, plus the EnvoyFilter's patches, validated by Envoy.
+    authz = {
+        "name": "envoy.filters.http.ext_authz",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            "transport_api_version": "V3",
+            "grpc_service": {"envoy_grpc": {"cluster_name": f"outbound|{g.get('port')}||{g.get('service')}"},
+                             "timeout": g.get("timeout")},
+            "failure_mode_allow": g.get("failOpen"),
+            "status_on_error": {"code": int(g.get("statusOnError", "403"))},
+            "with_request_body": {"max_request_bytes": body.get("maxRequestBytes"),
+                                  "allow_partial_message": body.get("allowPartialMessage", False),
+                                  "pack_as_bytes": body.get("packAsBytes", False)},
+        },
+    }
+    cluster = {
+        "name": f"outbound|{g.get('port')}||{g.get('service')}", "type": "STRICT_DNS", "connect_timeout": "1s",
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}},
+        "load_assignment": {"cluster_name": "x", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+            "socket_address": {"address": g.get("service"), "port_value": g.get("port")}}}}]}]},
+    }
+    config = bootstrap([authz], [cluster])
+    efs = [d for d in docs if d.get("kind") == "EnvoyFilter"]
+    patches = [p for ef in efs for p in dig(ef, "spec", "configPatches", default=[])]
+    check(any(p.get("applyTo") == "LISTENER" for p in patches), f"{name}: has the LISTENER buffer-limit patch")
+    apply_listener_patches(config, patches, name)
+    envoy_validate(config, f"{name} (the ext_authz filter Istio generates, with the patches applied)")
+
+
+def check_istio() -> None:
+    step("Istio (envoy/istio/*.yaml)")
+    d = ROOT / "envoy" / "istio"
+    for fname, fn in (("envoyfilter-ext-proc.yaml", check_envoyfilter_ext_proc),
+                      ("ext-authz-provider.yaml", check_ext_authz_provider)):
+        if check((d / fname).is_file(), f"envoy/istio/{fname} exists"):
+            fn(d / fname)
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    sync = "--sync" in sys.argv[1:]
+    ext_proc = check_envoy_files()
+    check_pod_copies(sync)
+    check_dockerfile()
+    check_compose(ext_proc)
+    check_kustomize("deploy/kubernetes", ext_proc, harbor=False)
+    check_kustomize("deploy/kubernetes/overlays/harbor", ext_proc, harbor=True)
+    check_istio()
+    print()
+    if FAILURES:
+        print(f"check-deploy: {len(FAILURES)} check(s) FAILED:", file=sys.stderr)
+        for f in FAILURES:
+            print(f"  - {f.splitlines()[0]}", file=sys.stderr)
+        return 1
+    print("check-deploy: all deployment checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
