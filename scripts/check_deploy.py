@@ -202,6 +202,20 @@ def check_harness_shape(path: Path, config: dict) -> None:
     check(endpoint(clusters.get("registry-gateway", {})) == ("gateway", 50051), f"{name}: cluster `registry-gateway` -> gateway:50051")
 
 
+def harness_substituted(config: dict) -> dict:
+    """What tests/support/envoy.rs runs: admin and listener on 127.0.0.1:0, clusters on loopback."""
+    c = copy.deepcopy(config)
+    c["admin"]["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": 0}
+    c["static_resources"]["listeners"][0]["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": 0}
+    for cl in c["static_resources"]["clusters"]:
+        port = {"registry": 5000, "registry-gateway": SIDECAR_GRPC_PORT}.get(cl["name"])
+        for locality in dig(cl, "load_assignment", "endpoints", default=[]):
+            for lb in locality.get("lb_endpoints", []):
+                if port is not None:
+                    lb["endpoint"]["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": port}
+    return c
+
+
 def check_common_knobs(name: str, config: dict) -> None:
     listener = dig(config, "static_resources", "listeners", 0, default={})
     hcm = hcm_of(listener)
@@ -438,11 +452,13 @@ def check_envoy_files() -> dict:
     # Host names are not resolved in validate mode, so `registry`/`gateway` are fine as they are.
     envoy_validate(ext_proc_path, "envoy/envoy.yaml")
     check_harness_shape(ext_proc_path, ext_proc)
+    envoy_validate(harness_substituted(ext_proc), "envoy/envoy.yaml with the test harness's loopback addresses")
     check_common_knobs("envoy/envoy.yaml", ext_proc)
     if ext_authz_path.exists():
         ext_authz = load_yaml(ext_authz_path)
         envoy_validate(ext_authz_path, "envoy/ext-authz.yaml")
         check_harness_shape(ext_authz_path, ext_authz)
+        envoy_validate(harness_substituted(ext_authz), "envoy/ext-authz.yaml with the test harness's loopback addresses")
         check_ext_authz(ext_authz, ext_proc)
     else:
         fail("envoy/ext-authz.yaml is missing")
@@ -1024,6 +1040,10 @@ def check_istio() -> None:
 
 
 def main() -> int:
+    unknown = [a for a in sys.argv[1:] if a != "--sync"]
+    if unknown:
+        print(f"usage: scripts/check-deploy [--sync]   (unknown: {' '.join(unknown)})", file=sys.stderr)
+        return 2
     sync = "--sync" in sys.argv[1:]
     ext_proc = check_envoy_files()
     check_pod_copies(sync)
