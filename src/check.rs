@@ -404,8 +404,8 @@ impl<S: TagSource> Checker<S> {
             };
         }
         let message = format!(
-            "push to {}:{} refused: the registry gateway could not count the repository's tags because {error}. No limit was judged; retry the push shortly, and tell the registry administrator if it persists.",
-            facts.repository, facts.reference
+            "push to {} refused: the registry gateway could not count the repository's tags because {error}. No limit was judged; retry the push shortly, and tell the registry administrator if it persists.",
+            facts.image()
         );
         Checked {
             outcome: Outcome::Unavailable { error, message },

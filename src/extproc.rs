@@ -27,6 +27,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::check::{Checker, TagSource, Ticket, Transport};
 use crate::metrics::Metrics;
+use crate::policy::decision::image_reference;
 use crate::policy::{MAX_MANIFEST_BYTES, ManifestWrite, WriteKind};
 use crate::respond::{self, Rendered};
 
@@ -168,9 +169,8 @@ impl<S: TagSource> StreamState<S> {
                 }
                 if self.body.len() + body.body.len() > BODY_CAP {
                     let r = respond::malformed_request(&format!(
-                        "push to {}:{} refused: the manifest is larger than {MAX_MANIFEST_BYTES} bytes (4 MiB), the most a registry accepts",
-                        write.repository,
-                        write.reference.as_str()
+                        "push to {} refused: the manifest is larger than {MAX_MANIFEST_BYTES} bytes (4 MiB), the most a registry accepts",
+                        image_reference(&write.repository, write.reference.as_str())
                     ));
                     return Ok((
                         immediate(&Rendered {
@@ -185,9 +185,8 @@ impl<S: TagSource> StreamState<S> {
                     // Only BUFFERED delivery is configured; a partial body means Envoy's buffer
                     // limit cut it, and an unseen manifest is never allowed.
                     let r = respond::malformed_request(&format!(
-                        "push to {}:{} refused: the gateway did not receive the whole manifest (Envoy's request_body_buffer_limit is too small for it)",
-                        write.repository,
-                        write.reference.as_str()
+                        "push to {} refused: the gateway did not receive the whole manifest (Envoy's request_body_buffer_limit is too small for it)",
+                        image_reference(&write.repository, write.reference.as_str())
                     ));
                     return Ok((
                         immediate(&Rendered {

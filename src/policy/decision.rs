@@ -49,6 +49,20 @@ pub struct RuleRef {
     pub path: String,
 }
 
+/// `repo:tag` or `repo@sha256:…`: the reference as a user would type it.
+pub fn image_reference(repository: &str, reference: &str) -> String {
+    // Tags never contain `:`; digests always do.
+    let separator = if reference.contains(':') { '@' } else { ':' };
+    format!("{repository}{separator}{reference}")
+}
+
+impl Facts {
+    /// The pushed image as a user would type it.
+    pub fn image(&self) -> String {
+        image_reference(&self.repository, &self.reference)
+    }
+}
+
 /// How a rule is named in messages.
 pub fn describe_rule(rule: Option<&RuleRef>) -> String {
     match rule {
@@ -122,9 +136,9 @@ fn exact(size: ByteSize) -> String {
 pub(super) fn image_too_large(facts: &Facts, measured: ByteSize, limit: ByteSize) -> Denial {
     let rule = describe_rule(facts.rule.as_ref());
     let message = format!(
-        "push to {repo}:{reference} refused: the image's layers total {measured}, over the limit of {limit} set by {rule} (sizes are 1024-based: 1MB = 1048576 bytes). Make the image smaller (fewer or smaller layers), or ask the registry administrator to raise max_image_size for {repo}.",
+        "push to {image} refused: the image's layers total {measured}, over the limit of {limit} set by {rule} (sizes are 1024-based: 1MB = 1048576 bytes). Make the image smaller (fewer or smaller layers), or ask the registry administrator to raise max_image_size for {repo}.",
         repo = facts.repository,
-        reference = facts.reference,
+        image = facts.image(),
         measured = exact(measured),
         limit = exact(limit),
     );
@@ -146,9 +160,9 @@ pub(super) fn tag_limit(facts: &Facts, count: usize, new_tags: &[String], limit:
     let rule = describe_rule(facts.rule.as_ref());
     let tags = new_tags.join(", ");
     let message = format!(
-        "push to {repo}:{reference} refused: repository {repo} already has {count} tag{s} and the limit set by {rule} is {limit} tag{ls}, so the new tag{ns} {tags} cannot be created. Delete tags you no longer need, or push to an existing tag, or ask the registry administrator to raise tag_count_limit for {repo}.",
+        "push to {image} refused: repository {repo} already has {count} tag{s} and the limit set by {rule} is {limit} tag{ls}, so the new tag{ns} {tags} cannot be created. Delete tags you no longer need, or push to an existing tag, or ask the registry administrator to raise tag_count_limit for {repo}.",
         repo = facts.repository,
-        reference = facts.reference,
+        image = facts.image(),
         s = if count == 1 { "" } else { "s" },
         ls = if limit == 1 { "" } else { "s" },
         ns = if new_tags.len() == 1 { "" } else { "s" },
@@ -169,8 +183,8 @@ pub(super) fn tag_limit(facts: &Facts, count: usize, new_tags: &[String], limit:
 
 pub(super) fn invalid(facts: &Facts, reason: DenyReason, what: &str) -> Denial {
     let message = format!(
-        "push to {}:{} refused: {what}",
-        facts.repository, facts.reference
+        "push to {} refused: {what}",
+        facts.image()
     );
     Denial {
         reason,

@@ -155,9 +155,18 @@ pub fn measure(content_type: Option<&str>, body: &[u8]) -> Result<Measured, Mani
         .ok_or(ManifestError::MissingContentType)?;
     let media_type = MediaType::from_content_type(header)
         .ok_or_else(|| ManifestError::UnknownContentType(header.to_owned()))?;
-    let malformed = |e: serde_json::Error| ManifestError::Malformed {
-        media_type: media_type.as_str(),
-        reason: e.to_string(),
+    let malformed = |e: serde_json::Error| {
+        let mut reason = e.to_string();
+        // serde_json reads integers past u64 as floats; say what a size must be.
+        if reason.contains("floating point") {
+            reason.push_str(
+                " (every size must be a whole number of bytes from 0 to 9223372036854775807)",
+            );
+        }
+        ManifestError::Malformed {
+            media_type: media_type.as_str(),
+            reason,
+        }
     };
     match media_type {
         MediaType::DockerSchema1 | MediaType::DockerSchema1Signed => Err(ManifestError::Schema1),
