@@ -504,8 +504,9 @@ impl<S: TagSource> Checker<S> {
 
 /// The bookkeeping of one admitted push, settled by the registry's answer.
 ///
-/// Dropping an unsettled ticket releases its reservations: a stream that ends without a
-/// response never leaves a slot taken.
+/// Dropping an unsettled ticket releases its reservations and makes the next decision re-read the
+/// repository's tags: a stream that ends without a response never leaves a slot taken, and a push
+/// the registry stored without us seeing the answer is still counted.
 #[derive(Debug)]
 pub struct Ticket {
     repo: Arc<Repo>,
@@ -532,7 +533,9 @@ impl Ticket {
             for tag in &self.reserved {
                 state.book.release(tag);
             }
-            Metrics::count(&self.metrics.reservations, "released");
+            if !self.reserved.is_empty() {
+                Metrics::count(&self.metrics.reservations, "released");
+            }
             return;
         }
         // A registry that implements `?tag=` echoes what it created; one that does not creates
@@ -595,6 +598,10 @@ impl Drop for Ticket {
             state.book.release(tag);
         }
         if !self.reserved.is_empty() {
+            // The request ended without the registry's answer: it may still have stored the
+            // manifest (its 201 lost on the way back). Freeing the slot is only exact if the next
+            // decision reads the tag list again.
+            state.apply(Change::Stale);
             Metrics::count(&self.metrics.reservations, "released");
         }
     }
