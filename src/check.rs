@@ -454,10 +454,11 @@ impl<S: TagSource> Checker<S> {
                 )
             };
         }
+        // One line per decision at `info`, allowed ones included: the audit trail operators
+        // ask for. `--log info,registry_gateway::check=warn` keeps only registry failures.
         match outcome {
-            "allow" => decision_line!(debug),
-            "deny" => decision_line!(info),
-            _ => decision_line!(warn),
+            "error" => decision_line!(warn),
+            _ => decision_line!(info),
         }
     }
 
