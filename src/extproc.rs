@@ -167,34 +167,21 @@ impl<S: TagSource> StreamState<S> {
                 if write.kind != WriteKind::Put {
                     return Ok((continue_body(true), false));
                 }
+                let image = image_reference(&write.repository, write.reference.as_str());
                 if self.body.len() + body.body.len() > BODY_CAP {
-                    let r = respond::malformed_request(&format!(
-                        "push to {} refused: the manifest is larger than {MAX_MANIFEST_BYTES} bytes (4 MiB), the most a registry accepts",
-                        image_reference(&write.repository, write.reference.as_str())
+                    let refusal = respond::body_too_large(&format!(
+                        "push to {image} refused: the manifest is larger than {MAX_MANIFEST_BYTES} bytes (4 MiB), the most a registry accepts"
                     ));
-                    return Ok((
-                        immediate(&Rendered {
-                            http_status: 413,
-                            ..r
-                        }),
-                        true,
-                    ));
+                    return Ok((immediate(&refusal), true));
                 }
                 self.body.extend_from_slice(&body.body);
                 if !body.end_of_stream {
                     // Only BUFFERED delivery is configured; a partial body means Envoy's buffer
                     // limit cut it, and an unseen manifest is never allowed.
-                    let r = respond::malformed_request(&format!(
-                        "push to {} refused: the gateway did not receive the whole manifest (Envoy's request_body_buffer_limit is too small for it)",
-                        image_reference(&write.repository, write.reference.as_str())
+                    let refusal = respond::body_too_large(&format!(
+                        "push to {image} refused: the gateway did not receive the whole manifest (Envoy's request_body_buffer_limit is too small for it)"
                     ));
-                    return Ok((
-                        immediate(&Rendered {
-                            http_status: 413,
-                            ..r
-                        }),
-                        true,
-                    ));
+                    return Ok((immediate(&refusal), true));
                 }
                 Ok(match self.decide().await {
                     Some(refusal) => (immediate(&refusal), true),

@@ -73,15 +73,16 @@ pub fn render(outcome: &Outcome) -> Option<Rendered> {
     }
 }
 
-/// A request the gateway could not read at all (no body where one is required, for example):
-/// refused as an invalid manifest, never allowed.
-pub fn malformed_request(message: &str) -> Rendered {
+/// A manifest body the gateway could not receive whole: larger than any registry accepts, or
+/// cut by Envoy's buffer. Refused like an oversized manifest, never allowed unseen.
+pub fn body_too_large(message: &str) -> Rendered {
+    let (http_status, oci_code, grpc_code) = deny_status(DenyReason::ManifestTooLarge);
     Rendered {
-        http_status: 400,
-        oci_code: "MANIFEST_INVALID",
-        grpc_code: tonic::Code::InvalidArgument,
-        body: oci_error_body("MANIFEST_INVALID", message, &serde_json::Value::Null),
-        details: "malformed_request",
+        http_status,
+        oci_code,
+        grpc_code,
+        body: oci_error_body(oci_code, message, &serde_json::Value::Null),
+        details: DenyReason::ManifestTooLarge.as_str(),
     }
 }
 
