@@ -68,6 +68,7 @@ impl<S: TagSource> ExternalProcessor for ExtProcService<S> {
             body: Vec::new(),
             ticket: None,
             answered_response: false,
+            saw_request_headers: false,
         };
         tokio::spawn(stream.run(inbound, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -85,6 +86,7 @@ struct StreamState<S> {
     ticket: Option<Ticket>,
     /// The registry's response headers were answered: nothing more is owed to this request.
     answered_response: bool,
+    saw_request_headers: bool,
 }
 
 impl<S: TagSource> StreamState<S> {
@@ -143,6 +145,7 @@ impl<S: TagSource> StreamState<S> {
             .ok_or_else(|| Status::invalid_argument("ProcessingRequest without a phase"))?;
         match phase {
             Phase::RequestHeaders(headers) => {
+                self.saw_request_headers = true;
                 let method = header(&headers, ":method").unwrap_or_default();
                 let path = header(&headers, ":path").unwrap_or_default();
                 self.write = ManifestWrite::from_request(&method, &path);
@@ -161,6 +164,13 @@ impl<S: TagSource> StreamState<S> {
                 Ok((continue_headers(true), false))
             }
             Phase::RequestBody(body) => {
+                if !self.saw_request_headers {
+                    // Without the headers we cannot tell a manifest write from anything else;
+                    // continuing would let every manifest through unchecked.
+                    return Err(Status::failed_precondition(
+                        "request body before request headers: Envoy must send request headers (processing_mode.request_header_mode: SEND)",
+                    ));
+                }
                 let Some(write) = &self.write else {
                     return Ok((continue_body(true), false));
                 };

@@ -390,3 +390,30 @@ async fn both_adapters_give_the_same_answer_to_every_scenario() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_body_without_request_headers_ends_the_stream_with_an_error() {
+    let url = serve().await;
+    let mut client = ExternalProcessorClient::connect(url)
+        .await
+        .expect("connect");
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut replies = client
+        .process(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    tx.send(ProcessingRequest {
+        request: Some(Phase::RequestBody(HttpBody {
+            body: image(1),
+            end_of_stream: true,
+            ..Default::default()
+        })),
+        ..Default::default()
+    })
+    .await
+    .expect("send");
+    // Never a CONTINUE: Envoy turns the error into a refusal (failure_mode_allow: false).
+    let status = replies.message().await.expect_err("the stream fails");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+}

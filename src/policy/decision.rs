@@ -182,10 +182,7 @@ pub(super) fn tag_limit(facts: &Facts, count: usize, new_tags: &[String], limit:
 }
 
 pub(super) fn invalid(facts: &Facts, reason: DenyReason, what: &str) -> Denial {
-    let message = format!(
-        "push to {} refused: {what}",
-        facts.image()
-    );
+    let message = format!("push to {} refused: {what}", facts.image());
     Denial {
         reason,
         message,

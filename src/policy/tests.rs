@@ -358,9 +358,29 @@ fn judging_reserves_nothing() {
 #[test]
 fn digest_references_are_written_with_an_at_sign() {
     let p = policy(SEED);
-    let d = decide(&p, "/v2/project-1/app/manifests/sha256:abcd", OCI, &image(20 * MB + 1), &mut tags(0));
+    let d = decide(
+        &p,
+        "/v2/project-1/app/manifests/sha256:abcd",
+        OCI,
+        &image(20 * MB + 1),
+        &mut tags(0),
+    );
     let message = &d.denial().expect("refused").message;
-    assert!(message.starts_with("push to project-1/app@sha256:abcd refused"), "{message}");
-    let d = decide(&p, "/v2/project-1/app/manifests/v1", OCI, &image(20 * MB + 1), &mut tags(0));
-    assert!(d.denial().expect("refused").message.starts_with("push to project-1/app:v1 refused"));
+    assert!(
+        message.starts_with("push to project-1/app@sha256:abcd refused"),
+        "{message}"
+    );
+    let d = decide(
+        &p,
+        "/v2/project-1/app/manifests/v1",
+        OCI,
+        &image(20 * MB + 1),
+        &mut tags(0),
+    );
+    assert!(
+        d.denial()
+            .expect("refused")
+            .message
+            .starts_with("push to project-1/app:v1 refused")
+    );
 }
