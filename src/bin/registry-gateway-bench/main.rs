@@ -57,9 +57,9 @@ struct Args {
     /// Live child PIDs are listed here (`PID STARTTIME NAME`), for the wrapper's clean-up.
     #[arg(long)]
     pid_file: Option<PathBuf>,
-    /// The sidecar's `--log` filter. `warn` keeps per-decision lines out of the measurement;
-    /// `info` (the sidecar's default) measures with one audit line per decision.
-    #[arg(long, default_value = "warn")]
+    /// The sidecar's `--log` filter. The default is the sidecar's own default, `info`, with one
+    /// audit line per decision (written to a file); `warn` measures without them.
+    #[arg(long, default_value = "info")]
     sidecar_log: String,
     /// Exit non-zero (2) when a target is missed.
     #[arg(long)]
