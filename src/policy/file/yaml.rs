@@ -201,7 +201,16 @@ pub(super) fn parse_yaml(
             let location = e.location();
             let message = e.to_string();
             // The rendered error may quote a snippet; the first line is the sentence.
-            let message = message.lines().next().unwrap_or_default().trim().to_owned();
+            let message = message.lines().next().unwrap_or_default().trim();
+            // The location is ours to print, once: drop the parser's own `error: line L column C:`.
+            let message = message.strip_prefix("error: ").unwrap_or(message);
+            let message = match message.split_once(": ") {
+                Some((place, rest)) if place.starts_with("line ") && place.contains(" column ") => {
+                    rest
+                }
+                _ => message,
+            }
+            .to_owned();
             let mut ctx = Ctx {
                 file,
                 offset,
