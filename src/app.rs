@@ -142,7 +142,7 @@ pub async fn run(args: ServeArgs) -> Result<(), AppError> {
         .build_v1()
         .map_err(|e| AppError::Reflection(e.to_string()))?;
 
-    let shutdown = tokio_util_shutdown();
+    let shutdown = Shutdown::new();
     let grpc_shutdown = shutdown.clone();
     let grpc = tonic::transport::Server::builder()
         .add_service(health_service)
@@ -246,11 +246,11 @@ async fn wait_for_signal() {
 #[derive(Clone)]
 struct Shutdown(tokio::sync::watch::Sender<bool>);
 
-fn tokio_util_shutdown() -> Shutdown {
-    Shutdown(tokio::sync::watch::channel(false).0)
-}
-
 impl Shutdown {
+    fn new() -> Self {
+        Self(tokio::sync::watch::channel(false).0)
+    }
+
     fn trigger(&self) {
         self.0.send_replace(true);
     }

@@ -265,14 +265,8 @@ impl<S: TagSource> Checker<S> {
         content_type: Option<&str>,
         body: &[u8],
     ) -> Checked {
-        let mut checked = self
-            .check(Transport::Preflight, write, content_type, body, false)
-            .await;
-        if let Some(mut ticket) = checked.ticket.take() {
-            // Nothing was reserved; the ticket settles nothing.
-            ticket.settled = true;
-        }
-        checked
+        self.check(Transport::Preflight, write, content_type, body, false)
+            .await
     }
 
     async fn check(
@@ -291,7 +285,7 @@ impl<S: TagSource> Checker<S> {
             body,
         };
         let checked = match snapshot.policy.evaluate(&push) {
-            Evaluation::Done(decision) => self.settle_decision(decision, write, None),
+            Evaluation::Done(decision) => self.settle_decision(decision, write, None, reserve),
             Evaluation::NeedTags(query) => {
                 let facts = query.facts().clone();
                 let repo = self.books.get(&write.repository);
@@ -299,7 +293,7 @@ impl<S: TagSource> Checker<S> {
                 match tokio::time::timeout(deadline, self.decide_with_tags(&repo, query, reserve))
                     .await
                 {
-                    Ok(Ok(decision)) => self.settle_decision(decision, write, Some(repo)),
+                    Ok(Ok(decision)) => self.settle_decision(decision, write, Some(repo), reserve),
                     Ok(Err(error)) => self.unavailable(facts, error),
                     Err(_) => self.unavailable(facts, TagError::Timeout(deadline)),
                 }
@@ -367,6 +361,7 @@ impl<S: TagSource> Checker<S> {
         decision: Decision,
         write: &ManifestWrite,
         repo: Option<Arc<Repo>>,
+        reserve: bool,
     ) -> Checked {
         let Decision { facts, verdict } = decision;
         match verdict {
@@ -376,19 +371,19 @@ impl<S: TagSource> Checker<S> {
                 ticket: None,
             },
             Verdict::Allow { reserved } => {
-                let repo = repo.unwrap_or_else(|| self.books.get(&write.repository));
-                let ticket = Ticket {
-                    repo,
+                // A dry run reserved nothing and has no registry answer to follow.
+                let ticket = reserve.then(|| Ticket {
+                    repo: repo.unwrap_or_else(|| self.books.get(&write.repository)),
                     tags: write.tags(),
                     reference_tag: write.reference.tag().map(str::to_owned),
                     reserved,
                     metrics: self.metrics.clone(),
                     settled: false,
-                };
+                });
                 Checked {
                     outcome: Outcome::Allow,
                     facts,
-                    ticket: Some(ticket),
+                    ticket,
                 }
             }
         }

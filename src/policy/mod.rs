@@ -91,22 +91,16 @@ impl Policy {
         if self.rules.is_empty() {
             return (None, &self.global);
         }
-        let first = self.matcher.matches(repository).iter().next();
-        let first = match first {
+        let first_match = |name: &str| self.matcher.matches(name).iter().next();
+        let index = match first_match(repository) {
+            // No rule comes before the first: the `name/` spelling cannot win.
             Some(0) => Some(0),
-            _ => {
-                let with_slash = self
-                    .matcher
-                    .matches(&format!("{repository}/"))
-                    .iter()
-                    .next();
-                match (first, with_slash) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                }
-            }
+            direct => direct
+                .into_iter()
+                .chain(first_match(&format!("{repository}/")))
+                .min(),
         };
-        match first.and_then(|i| self.rules.get(i)) {
+        match index.and_then(|i| self.rules.get(i)) {
             Some(rule) => (Some(rule), &rule.limits),
             None => (None, &self.global),
         }
