@@ -11,7 +11,9 @@
 //!   body as schema 1, which we cannot measure.
 //! - An unknown `Content-Type` is refused as a manifest we cannot measure.
 
-use serde::Deserialize;
+mod golang;
+
+use self::golang::{Json, Number, Object};
 
 /// Manifest media types the gateway knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,32 +122,45 @@ pub enum ManifestError {
         media_type: &'static str,
         reason: String,
     },
+    /// A key the registry would read into another field than we do, or a field given twice.
+    #[error("{0}")]
+    Key(golang::KeyProblem),
     #[error(
         "the sizes of the layers add up to more than 2^63-1 bytes; the manifest cannot be right"
     )]
     SizeOverflow,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ImageBody {
-    media_type: Option<String>,
-    // Absent `layers` is an error: serde reports the missing field.
-    layers: Vec<Descriptor>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct IndexBody {
-    media_type: Option<String>,
-    manifests: Vec<Descriptor>,
-}
-
-#[derive(Deserialize)]
-struct Descriptor {
-    // u64 refuses negative, fractional and out-of-range numbers on its own.
-    size: u64,
-}
+/// Fields of an image manifest (OCI and Docker schema 2) as the registry's structs name them.
+const IMAGE_FIELDS: [&str; 7] = [
+    "schemaVersion",
+    "mediaType",
+    "artifactType",
+    "config",
+    "layers",
+    "subject",
+    "annotations",
+];
+/// Fields of an index or manifest list.
+const INDEX_FIELDS: [&str; 6] = [
+    "schemaVersion",
+    "mediaType",
+    "artifactType",
+    "manifests",
+    "subject",
+    "annotations",
+];
+/// Fields of a descriptor (a layer, the config, a subject, an index entry).
+const DESCRIPTOR_FIELDS: [&str; 8] = [
+    "mediaType",
+    "artifactType",
+    "digest",
+    "size",
+    "urls",
+    "annotations",
+    "data",
+    "platform",
+];
 
 /// Measures a manifest body, given the request's `Content-Type` header.
 pub fn measure(content_type: Option<&str>, body: &[u8]) -> Result<Measured, ManifestError> {
@@ -155,47 +170,107 @@ pub fn measure(content_type: Option<&str>, body: &[u8]) -> Result<Measured, Mani
         .ok_or(ManifestError::MissingContentType)?;
     let media_type = MediaType::from_content_type(header)
         .ok_or_else(|| ManifestError::UnknownContentType(header.to_owned()))?;
-    let malformed = |e: serde_json::Error| {
-        let mut reason = e.to_string();
-        // serde_json reads integers past u64 as floats; say what a size must be.
-        if reason.contains("floating point") {
-            reason.push_str(
-                " (every size must be a whole number of bytes from 0 to 9223372036854775807)",
-            );
+    let malformed = |reason: String| ManifestError::Malformed {
+        media_type: media_type.as_str(),
+        reason,
+    };
+    let (list_field, fields): (&'static str, &[&'static str]) = match media_type {
+        MediaType::DockerSchema1 | MediaType::DockerSchema1Signed => {
+            return Err(ManifestError::Schema1);
         }
-        ManifestError::Malformed {
-            media_type: media_type.as_str(),
-            reason,
+        MediaType::OciArtifactManifest => return Err(ManifestError::LegacyArtifact),
+        MediaType::OciManifest | MediaType::DockerManifest => ("layers", &IMAGE_FIELDS),
+        MediaType::OciIndex | MediaType::DockerManifestList => ("manifests", &INDEX_FIELDS),
+    };
+    let json: Json = serde_json::from_slice(body).map_err(|e| malformed(e.to_string()))?;
+    let Json::Object(members) = &json else {
+        return Err(malformed(format!(
+            "the manifest is {}, not an object",
+            json.kind()
+        )));
+    };
+    let top = Object::new(members, "");
+    top.check(fields).map_err(ManifestError::Key)?;
+    let body_type = match top.get("mediaType").map_err(ManifestError::Key)? {
+        // Go leaves a null string empty: the same as no `mediaType`.
+        None | Some(Json::Null) => None,
+        Some(Json::String(s)) => Some(s.as_str()),
+        Some(other) => {
+            return Err(malformed(format!(
+                "mediaType is {}, not a string",
+                other.kind()
+            )));
         }
     };
-    match media_type {
-        MediaType::DockerSchema1 | MediaType::DockerSchema1Signed => Err(ManifestError::Schema1),
-        MediaType::OciArtifactManifest => Err(ManifestError::LegacyArtifact),
-        MediaType::OciManifest | MediaType::DockerManifest => {
-            let image: ImageBody = serde_json::from_slice(body).map_err(malformed)?;
-            check_body_type(media_type, image.media_type.as_deref())?;
-            let mut total: u64 = 0;
-            for layer in &image.layers {
-                total = total
-                    .checked_add(layer.size)
-                    .filter(|t| *t <= super::size::MAX_BYTES)
-                    .ok_or(ManifestError::SizeOverflow)?;
-            }
-            Ok(Measured::Image {
-                media_type,
-                layers: image.layers.len(),
-                layer_bytes: total,
-            })
+    check_body_type(media_type, body_type)?;
+    let entries = match top.get(list_field).map_err(ManifestError::Key)? {
+        Some(Json::Array(entries)) => entries,
+        Some(other) => {
+            return Err(malformed(format!(
+                "{list_field} is {}, not an array",
+                other.kind()
+            )));
         }
-        MediaType::OciIndex | MediaType::DockerManifestList => {
-            let index: IndexBody = serde_json::from_slice(body).map_err(malformed)?;
-            check_body_type(media_type, index.media_type.as_deref())?;
-            Ok(Measured::Index {
-                media_type,
-                children: index.manifests.len(),
-            })
+        None => return Err(malformed(format!("missing field `{list_field}`"))),
+    };
+    for name in ["config", "subject"] {
+        if let Some(Json::Object(members)) = top.get(name).map_err(ManifestError::Key)? {
+            Object::new(members, name)
+                .check(&DESCRIPTOR_FIELDS)
+                .map_err(ManifestError::Key)?;
         }
     }
+    let mut total: u64 = 0;
+    for (i, entry) in entries.iter().enumerate() {
+        let at = format!("{list_field}[{i}]");
+        let Json::Object(members) = entry else {
+            return Err(malformed(format!(
+                "{at} is {}, not an object",
+                entry.kind()
+            )));
+        };
+        let descriptor = Object::new(members, &at);
+        descriptor
+            .check(&DESCRIPTOR_FIELDS)
+            .map_err(ManifestError::Key)?;
+        let size = match descriptor.get("size").map_err(ManifestError::Key)? {
+            Some(Json::Number(Number::Unsigned(n))) => *n,
+            Some(Json::Number(Number::Signed(_))) => {
+                return Err(malformed(format!("{at}.size is negative")));
+            }
+            Some(Json::Number(Number::Float(_))) => {
+                return Err(malformed(format!(
+                    "{at}.size is not a whole number (every size must be a whole number of bytes from 0 to 9223372036854775807)"
+                )));
+            }
+            Some(other) => {
+                return Err(malformed(format!(
+                    "{at}.size is {}, not a number",
+                    other.kind()
+                )));
+            }
+            None => return Err(malformed(format!("{at} has no size"))),
+        };
+        if list_field != "layers" {
+            // An index entry's size is the child manifest's, not image bytes.
+            continue;
+        }
+        total = total
+            .checked_add(size)
+            .filter(|t| *t <= super::size::MAX_BYTES)
+            .ok_or(ManifestError::SizeOverflow)?;
+    }
+    Ok(match media_type {
+        MediaType::OciIndex | MediaType::DockerManifestList => Measured::Index {
+            media_type,
+            children: entries.len(),
+        },
+        _ => Measured::Image {
+            media_type,
+            layers: entries.len(),
+            layer_bytes: total,
+        },
+    })
 }
 
 fn check_body_type(header: MediaType, body: Option<&str>) -> Result<(), ManifestError> {

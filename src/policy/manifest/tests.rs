@@ -103,9 +103,147 @@ fn malformed_bodies_are_refused() {
     for (name, header, body) in table {
         let got = measure(Some(header), body.as_bytes());
         assert!(
-            matches!(got, Err(ManifestError::Malformed { .. })),
+            matches!(
+                got,
+                Err(ManifestError::Malformed { .. } | ManifestError::Key(_))
+            ),
             "{name}: {got:?}"
         );
+    }
+}
+
+/// Every spelling Go's `encoding/json` reads into a field the decision uses, at every level,
+/// is refused with a message naming the key.
+#[test]
+fn keys_the_registry_reads_differently_are_refused_by_name() {
+    let big = r#"[{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:00","size":26214400}]"#;
+    let table: &[(&str, String, &str)] = &[
+        (
+            "upper layers",
+            format!(r#"{{"layers":[],"LAYERS":{big}}}"#),
+            "LAYERS",
+        ),
+        ("title layers", format!(r#"{{"Layers":{big}}}"#), "Layers"),
+        (
+            "long s",
+            format!("{{\"layer\u{17f}\":{big}}}"),
+            "layer\u{17f}",
+        ),
+        (
+            "escaped long s",
+            format!(r#"{{"layer\u017f":{big}}}"#),
+            "layer\u{17f}",
+        ),
+        (
+            "size",
+            r#"{"layers":[{"size":1,"SIZE":26214400}]}"#.into(),
+            "SIZE",
+        ),
+        (
+            "size only variant",
+            r#"{"layers":[{"Size":26214400}]}"#.into(),
+            "Size",
+        ),
+        (
+            "nested size",
+            r#"{"layers":[{"size":1},{"siZe":9}]}"#.into(),
+            "siZe",
+        ),
+        (
+            "mediaType",
+            r#"{"MediaType":"x","layers":[]}"#.into(),
+            "MediaType",
+        ),
+        (
+            "config",
+            r#"{"layers":[],"config":{"size":2,"Digest":"x"}}"#.into(),
+            "Digest",
+        ),
+        (
+            "exact repeat",
+            r#"{"layers":[{"size":1,"size":2}]}"#.into(),
+            "size",
+        ),
+        (
+            "kelvin",
+            r#"{"layers":[{"size":1}],"\u212aey":1}"#.into(),
+            "",
+        ),
+    ];
+    for (name, body, key) in table {
+        let got = measure(Some(OCI), body.as_bytes());
+        match &got {
+            Err(ManifestError::Key(problem)) => {
+                assert!(!key.is_empty(), "{name}: {problem}");
+                assert!(
+                    problem.to_string().contains(&format!("{key:?}")),
+                    "{name}: {problem}"
+                );
+            }
+            // A key that folds to no field of the schema: Go ignores it, and so do we.
+            Ok(_) if key.is_empty() => {}
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    let index = "application/vnd.oci.image.index.v1+json";
+    for body in [
+        r#"{"manifests":[],"Manifests":[{"size":1}]}"#,
+        r#"{"manifests":[{"size":1,"mediaType":"a","mediatype":"b"}]}"#,
+        r#"{"manifests":[{"size":1,"Platform":{}}]}"#,
+        r#"{"manifests":[],"SUBJECT":{"size":1}}"#,
+        r#"{"manifests":[],"subject":{"Size":1}}"#,
+    ] {
+        let got = measure(Some(index), body.as_bytes());
+        assert!(matches!(got, Err(ManifestError::Key(_))), "{body}: {got:?}");
+    }
+}
+
+/// `field` in one of four spellings Go reads alike: exact, upper case, with U+017F for `s`,
+/// capitalised.
+fn spelled(field: &str, style: u8) -> String {
+    match style % 4 {
+        0 => field.to_owned(),
+        1 => field.to_ascii_uppercase(),
+        2 => field.replace('s', "\u{17f}"),
+        _ => {
+            let mut c = field.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        }
+    }
+}
+
+proptest::proptest! {
+    /// Whatever spellings and repeats a manifest uses, it is accepted only when every key is
+    /// spelled exactly once, and then measured as Go reads it (keys folded, the last winning).
+    #[test]
+    fn accepted_manifests_measure_as_go_reads_them(
+        groups in proptest::collection::vec(
+            (0u8..4, proptest::collection::vec((0u8..4, 0u64..1000), 0..3)),
+            1..3,
+        )
+    ) {
+        let mut members = Vec::new();
+        let mut go_sizes: Vec<u64> = Vec::new();
+        for (style, layers) in &groups {
+            let entries: Vec<String> = layers
+                .iter()
+                .map(|(s, n)| format!("{{{}:{n}}}", serde_json::json!(spelled("size", *s))))
+                .collect();
+            members.push(format!("{}:[{}]", serde_json::json!(spelled("layers", *style)), entries.join(",")));
+            // Go: the last `layers` wins.
+            go_sizes = layers.iter().map(|(_, n)| *n).collect();
+        }
+        let text = format!("{{{}}}", members.join(","));
+        let got = measure(Some(OCI), text.as_bytes());
+        if let Ok(measured) = &got {
+            proptest::prop_assert_eq!(measured.image_bytes(), go_sizes.iter().sum::<u64>(), "{}", text);
+        }
+        let all_exact = groups.len() == 1
+            && groups[0].0 % 4 == 0
+            && groups[0].1.iter().all(|(s, _)| s % 4 == 0);
+        proptest::prop_assert_eq!(got.is_ok(), all_exact, "{}", text);
     }
 }
 
