@@ -10,6 +10,9 @@
 //! | deny: manifest invalid          | 400  | MANIFEST_INVALID | INVALID_ARGUMENT   |
 //! | deny: schema 1                  | 400  | MANIFEST_INVALID | INVALID_ARGUMENT   |
 //! | deny: manifest over 4 MiB       | 413  | MANIFEST_INVALID | INVALID_ARGUMENT   |
+//! | deny: repository name invalid   | 400  | NAME_INVALID     | INVALID_ARGUMENT   |
+//! | deny: tag or reference invalid  | 400  | TAG_INVALID      | INVALID_ARGUMENT   |
+//! | deny: Harbor API tag/copy       | 403  | DENIED           | PERMISSION_DENIED  |
 //! | tag list unavailable (fail closed) | 503 | UNAVAILABLE   | UNAVAILABLE        |
 //!
 //! `DENIED` is what docker and skopeo print as `denied: <message>` without retrying;
@@ -35,13 +38,15 @@ pub struct Rendered {
 /// The status line and code of a denial reason.
 pub const fn deny_status(reason: DenyReason) -> (u16, &'static str, tonic::Code) {
     match reason {
-        DenyReason::ImageTooLarge | DenyReason::TagLimit => {
+        DenyReason::ImageTooLarge | DenyReason::TagLimit | DenyReason::HarborApi => {
             (403, "DENIED", tonic::Code::PermissionDenied)
         }
         DenyReason::ManifestInvalid | DenyReason::Schema1 => {
             (400, "MANIFEST_INVALID", tonic::Code::InvalidArgument)
         }
         DenyReason::ManifestTooLarge => (413, "MANIFEST_INVALID", tonic::Code::InvalidArgument),
+        DenyReason::NameInvalid => (400, "NAME_INVALID", tonic::Code::InvalidArgument),
+        DenyReason::TagInvalid => (400, "TAG_INVALID", tonic::Code::InvalidArgument),
     }
 }
 
@@ -100,6 +105,9 @@ mod tests {
             (DenyReason::ManifestInvalid, 400, "MANIFEST_INVALID"),
             (DenyReason::Schema1, 400, "MANIFEST_INVALID"),
             (DenyReason::ManifestTooLarge, 413, "MANIFEST_INVALID"),
+            (DenyReason::NameInvalid, 400, "NAME_INVALID"),
+            (DenyReason::TagInvalid, 400, "TAG_INVALID"),
+            (DenyReason::HarborApi, 403, "DENIED"),
         ];
         assert_eq!(table.len(), DenyReason::ALL.len());
         for (reason, status, code) in table {

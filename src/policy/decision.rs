@@ -18,16 +18,25 @@ pub enum DenyReason {
     Schema1,
     /// The body is larger than any registry accepts for a manifest.
     ManifestTooLarge,
+    /// The repository name breaks the distribution grammar.
+    NameInvalid,
+    /// The reference or a `?tag=` value is neither a valid tag nor a digest.
+    TagInvalid,
+    /// A Harbor API call that creates tags or copies artifacts without a manifest write.
+    HarborApi,
 }
 
 impl DenyReason {
     /// Every reason, for metrics that pre-register their label values.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 8] = [
         Self::ImageTooLarge,
         Self::TagLimit,
         Self::ManifestInvalid,
         Self::Schema1,
         Self::ManifestTooLarge,
+        Self::NameInvalid,
+        Self::TagInvalid,
+        Self::HarborApi,
     ];
 
     /// Stable name for logs and metric labels.
@@ -38,6 +47,9 @@ impl DenyReason {
             Self::ManifestInvalid => "manifest_invalid",
             Self::Schema1 => "schema1",
             Self::ManifestTooLarge => "manifest_too_large",
+            Self::NameInvalid => "name_invalid",
+            Self::TagInvalid => "tag_invalid",
+            Self::HarborApi => "harbor_api",
         }
     }
 }
@@ -182,7 +194,12 @@ pub(super) fn tag_limit(facts: &Facts, count: usize, new_tags: &[String], limit:
 }
 
 pub(super) fn invalid(facts: &Facts, reason: DenyReason, what: &str) -> Denial {
-    let message = format!("push to {} refused: {what}", facts.image());
+    let message = if reason == DenyReason::NameInvalid {
+        // The name may be thousands of characters; `what` shows it shortened.
+        format!("push refused: {what}")
+    } else {
+        format!("push to {} refused: {what}", facts.image())
+    };
     Denial {
         reason,
         message,

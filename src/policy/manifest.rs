@@ -13,6 +13,8 @@
 
 mod golang;
 
+pub use self::golang::KeyProblem;
+
 use self::golang::{Json, Number, Object};
 
 /// Manifest media types the gateway knows.
@@ -124,7 +126,7 @@ pub enum ManifestError {
     },
     /// A key the registry would read into another field than we do, or a field given twice.
     #[error("{0}")]
-    Key(golang::KeyProblem),
+    Key(KeyProblem),
     #[error(
         "the sizes of the layers add up to more than 2^63-1 bytes; the manifest cannot be right"
     )]

@@ -127,6 +127,15 @@ impl Policy {
                 verdict: Verdict::Deny(denial),
             })
         };
+        if let Err(e) = write.grammar() {
+            let reason = if e.is_name() {
+                DenyReason::NameInvalid
+            } else {
+                DenyReason::TagInvalid
+            };
+            let denial = decision::invalid(&facts, reason, &e.to_string());
+            return deny(facts, denial);
+        }
         if push.body.len() > MAX_MANIFEST_BYTES {
             let what = format!(
                 "the manifest is {} bytes; registries accept manifests of at most {MAX_MANIFEST_BYTES} bytes (4 MiB)",

@@ -56,8 +56,10 @@ pub struct ManifestWrite {
 }
 
 impl ManifestWrite {
-    /// Recognises a manifest write from a method and a path (with its query). Anything else is
-    /// `None`: not ours to judge.
+    /// Recognises a manifest write from a method and a path (with its query), reading the path
+    /// as the registry does: percent-escapes decoded (so `sha256%3A…` is a digest), then parsed
+    /// from the right. Anything else is `None`: not ours to judge. A path with a broken escape
+    /// is `None` too: Go's HTTP server refuses it with 400 before any handler runs.
     pub fn from_request(method: &str, path: &str) -> Option<Self> {
         let kind = match method {
             "PUT" => WriteKind::Put,
@@ -68,25 +70,26 @@ impl ManifestWrite {
             Some((p, q)) => (p, Some(q)),
             None => (path, None),
         };
+        let path = percent_decode(path, false)?;
         let rest = path.strip_prefix("/v2/")?;
         let (before, reference) = rest.rsplit_once('/')?;
         let repository = before.strip_suffix("/manifests")?;
         if repository.is_empty() || reference.is_empty() {
             return None;
         }
-        let query_tags = query
-            .into_iter()
-            .flat_map(|q| q.split('&'))
-            .filter_map(|pair| pair.strip_prefix("tag="))
-            .map(percent_decode)
-            .filter(|t| !t.is_empty())
-            .collect();
         Some(Self {
             kind,
             repository: repository.to_owned(),
             reference: Reference::parse(reference),
-            query_tags,
+            query_tags: query.map(query_values_of_tag).unwrap_or_default(),
         })
+    }
+
+    /// Whether the registry would accept the name, the reference and every `?tag=` value: the
+    /// distribution grammar, checked before anything else so that no tag list is read (and no
+    /// slot taken) for a write the registry cannot store.
+    pub fn grammar(&self) -> Result<(), GrammarError> {
+        grammar::check(self)
     }
 
     /// Every tag this write would create or move: the reference's tag and each `?tag=` value,
@@ -107,6 +110,10 @@ impl ManifestWrite {
     }
 }
 
+pub use self::grammar::{GrammarError, MAX_NAME_LENGTH, MAX_QUERY_TAGS};
+
+mod grammar;
+
 /// A manifest `PUT` with its body: what the policy judges.
 #[derive(Clone, Copy, Debug)]
 pub struct ManifestPush<'a> {
@@ -115,27 +122,47 @@ pub struct ManifestPush<'a> {
     pub body: &'a [u8],
 }
 
-fn percent_decode(text: &str) -> String {
+/// Every value of the query key `tag`, as Go's `url.ParseQuery` reads a query: pairs split on
+/// `&`, keys and values percent-decoded with `+` as a space, and a pair that Go cannot read (a
+/// broken escape, a `;`) dropped.
+fn query_values_of_tag(query: &str) -> Vec<String> {
+    query
+        .split('&')
+        .filter(|pair| !pair.contains(';'))
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let key = percent_decode(key, true)?;
+            let value = percent_decode(value, true)?;
+            (key == "tag").then_some(value)
+        })
+        .collect()
+}
+
+/// Percent-decodes as Go does: `None` for a broken escape; `plus_is_space` for query parts.
+/// Bytes that are not UTF-8 become U+FFFD, which no name or tag grammar admits.
+fn percent_decode(text: &str, plus_is_space: bool) -> Option<String> {
+    if !text.contains(['%', '+']) {
+        return Some(text.to_owned());
+    }
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         let hex = |b: u8| (b as char).to_digit(16);
         match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
+            b'%' => {
+                let h = bytes.get(i + 1).copied().and_then(hex)?;
+                let l = bytes.get(i + 2).copied().and_then(hex)?;
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+            b'+' if plus_is_space => out.push(b' '),
             b => out.push(b),
         }
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Some(String::from_utf8_lossy(&out).into_owned())
 }
 
 #[cfg(test)]
@@ -210,9 +237,57 @@ mod tests {
     }
 
     #[test]
-    fn percent_decoding_keeps_broken_escapes() {
-        assert_eq!(percent_decode("a%2"), "a%2");
-        assert_eq!(percent_decode("%zz"), "%zz");
-        assert_eq!(percent_decode("%41"), "A");
+    fn broken_escapes_are_not_decoded() {
+        assert_eq!(percent_decode("a%2", false), None);
+        assert_eq!(percent_decode("%zz", false), None);
+        assert_eq!(percent_decode("%41+", false).as_deref(), Some("A+"));
+        assert_eq!(percent_decode("%41+", true).as_deref(), Some("A "));
+    }
+
+    #[test]
+    fn paths_are_read_decoded_as_the_registry_reads_them() {
+        let table: &[(&str, Option<(&str, Reference)>)] = &[
+            (
+                "/v2/r/manifests/sha256%3Aabc",
+                Some(("r", Reference::Digest("sha256:abc".into()))),
+            ),
+            (
+                "/v2/r/manifests/sha256%3aabc",
+                Some(("r", Reference::Digest("sha256:abc".into()))),
+            ),
+            (
+                "/v2/r/%6Danifests/v1",
+                Some(("r", Reference::Tag("v1".into()))),
+            ),
+            (
+                "/v2/a%2Fb/manifests/v1",
+                Some(("a/b", Reference::Tag("v1".into()))),
+            ),
+            (
+                "/v2/r/manifests%2Fv1",
+                Some(("r", Reference::Tag("v1".into()))),
+            ),
+            (
+                "/v2/r/manifests/v%31",
+                Some(("r", Reference::Tag("v1".into()))),
+            ),
+            ("/v2/r/manifests/v1%", None),
+            ("/v2/r/manifests/v1%g0", None),
+        ];
+        for (path, want) in table {
+            let got = ManifestWrite::from_request("PUT", path).map(|w| (w.repository, w.reference));
+            let want = want.as_ref().map(|(r, f)| ((*r).to_owned(), f.clone()));
+            assert_eq!(got, want, "{path}");
+        }
+    }
+
+    #[test]
+    fn query_keys_and_values_are_decoded_as_go_reads_them() {
+        let w = ManifestWrite::from_request(
+            "PUT",
+            "/v2/p/manifests/sha256:ab?%74ag=a&t%61g=%62&tag=c+d&tag=e%zz&tag=f;x&TAG=g&tag",
+        )
+        .expect("write");
+        assert_eq!(w.query_tags, ["a", "b", "c d", ""]);
     }
 }

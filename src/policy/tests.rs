@@ -384,3 +384,59 @@ fn digest_references_are_written_with_an_at_sign() {
             .starts_with("push to project-1/app:v1 refused")
     );
 }
+
+/// A write the registry could never store is answered without the tag book: no slot, no read.
+#[test]
+fn names_and_references_outside_the_grammar_are_refused_before_tags() {
+    let p = policy(SEED);
+    let long = "a".repeat(4000);
+    for (path, reason) in [
+        (format!("/v2/{long}/manifests/v1"), DenyReason::NameInvalid),
+        (
+            "/v2/Project-1/app/manifests/v1".to_owned(),
+            DenyReason::NameInvalid,
+        ),
+        (
+            "/v2/project-1/app/manifests/.v1".to_owned(),
+            DenyReason::TagInvalid,
+        ),
+        (
+            "/v2/project-1/app/manifests/sha256:ab?tag=.x".to_owned(),
+            DenyReason::TagInvalid,
+        ),
+    ] {
+        let write = ManifestWrite::from_request("PUT", &path).expect("manifest write");
+        let body = image(1);
+        let push = ManifestPush {
+            write: &write,
+            content_type: Some(OCI),
+            body: &body,
+        };
+        match p.evaluate(&push) {
+            Evaluation::Done(d) => {
+                let denial = d.denial().expect("refused");
+                assert_eq!(denial.reason, reason, "{path}");
+                assert!(denial.message.len() < 1000, "{}", denial.message);
+            }
+            Evaluation::NeedTags(_) => panic!("{path}: asked for tags"),
+        }
+    }
+}
+
+/// A digest whose `:` is percent-encoded is still a digest: it creates no tag.
+#[test]
+fn an_encoded_digest_reference_takes_no_slot() {
+    let p = policy(SEED);
+    let write = ManifestWrite::from_request("PUT", "/v2/project-1/app/manifests/sha256%3A00")
+        .expect("manifest write");
+    let body = image(1);
+    let push = ManifestPush {
+        write: &write,
+        content_type: Some(OCI),
+        body: &body,
+    };
+    match p.evaluate(&push) {
+        Evaluation::Done(d) => assert!(d.is_allowed(), "{d:?}"),
+        Evaluation::NeedTags(_) => panic!("a digest push asked for tags"),
+    }
+}

@@ -127,7 +127,7 @@ fn folds_to(key: &str, field: &str) -> bool {
 
 /// A key that Go would read into a field the gateway reads another way.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum KeyProblem {
+pub enum KeyProblem {
     /// Go reads `key` into `field`; we read only the exact spelling.
     Spelling {
         at: String,
