@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 
 use crate::admin::{self, AdminState};
 use crate::check::{CheckOptions, Checker};
-use crate::cli::{OnRegistryError, ServeArgs};
+use crate::cli::{ClientCheck, OnRegistryError, ServeArgs};
 use crate::extauthz::ExtAuthzService;
 use crate::extproc::ExtProcService;
 use crate::metrics::Metrics;
@@ -75,6 +75,8 @@ pub async fn run(args: ServeArgs) -> Result<(), AppError> {
         credentials,
         timeout: args.registry_timeout,
         insecure: args.registry_insecure,
+        plain_http_credentials: args.registry_plain_http_credentials,
+        token_realms: args.registry_token_realm.clone(),
         page_size: args.tag_page_size,
     })
     .map_err(|e| AppError::Registry(e.to_string()))?;
@@ -83,6 +85,8 @@ pub async fn run(args: ServeArgs) -> Result<(), AppError> {
         decision_timeout: args.decision_timeout,
         allow_on_registry_error: args.on_registry_error == OnRegistryError::Allow,
         reservation_ttl: args.reservation_ttl,
+        client_check: args.client_check == ClientCheck::Registry,
+        client_check_ttl: args.client_check_ttl,
     };
     let checker = Arc::new(Checker::new(
         registry,

@@ -21,6 +21,21 @@ pub enum TagError {
 }
 
 impl TagError {
+    /// What a client may read of the cause: no URL, no error chain (those go to the log).
+    pub fn cause(&self) -> String {
+        match self {
+            Self::Timeout(d) => format!("the registry did not answer within {d:?}"),
+            Self::Unauthorized { status } => {
+                format!("the registry refused the gateway's own credentials (HTTP {status})")
+            }
+            Self::Status { status } => format!("the registry answered HTTP {status}"),
+            Self::Transport(_) => "the registry could not be reached".to_owned(),
+            Self::InvalidResponse(_) => {
+                "the registry sent an answer that could not be read".to_owned()
+            }
+        }
+    }
+
     /// Stable label for metrics and logs.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -40,13 +55,24 @@ pub trait TagSource: Send + Sync + 'static {
         &self,
         repository: &str,
     ) -> impl Future<Output = Result<Vec<String>, TagError>> + Send;
+
+    /// Whether the registry lets a client holding `authorization` (the client's own header,
+    /// `None` for an anonymous client) read `repository`. One request, no challenge answered:
+    /// the question is whether these exact credentials are accepted.
+    fn client_may_read(
+        &self,
+        repository: &str,
+        authorization: Option<&str>,
+    ) -> impl Future<Output = Result<bool, TagError>> + Send;
 }
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use sha2::{Digest, Sha256};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::metrics::{DecisionLabels, Metrics};
 use crate::policy::{
@@ -84,6 +110,10 @@ pub struct CheckOptions {
     pub allow_on_registry_error: bool,
     /// ext_authz: how long an admitted tag holds its slot without a response phase.
     pub reservation_ttl: Duration,
+    /// Ask the registry whether it accepts a client's credentials before acting for it.
+    pub client_check: bool,
+    /// How long the registry's answer about one client's credentials is kept.
+    pub client_check_ttl: Duration,
 }
 
 impl Default for CheckOptions {
@@ -93,6 +123,8 @@ impl Default for CheckOptions {
             decision_timeout: Duration::from_millis(2500),
             allow_on_registry_error: false,
             reservation_ttl: Duration::from_secs(30),
+            client_check: true,
+            client_check_ttl: Duration::from_secs(60),
         }
     }
 }
@@ -106,6 +138,10 @@ pub enum Outcome {
     Deny(Denial),
     /// The tag list could not be read and the gateway fails closed.
     Unavailable { error: TagError, message: String },
+    /// The registry refuses this client's credentials: the gateway acts for no one the registry
+    /// would refuse, so it judges nothing, reserves nothing, tells nothing, and lets the
+    /// registry give its own answer (its 401 challenge, usually).
+    Defer,
 }
 
 /// A decided manifest `PUT`: its outcome and, when allowed, the ticket that settles the tag book
@@ -126,7 +162,16 @@ struct BookState {
     /// Changes seen while a fetch is in flight, replayed onto its result.
     journal: Option<Vec<Change>>,
     last_used: Option<Instant>,
+    /// Reserved slots of pushes whose outcome is unknown: the stream ended without the
+    /// registry's answer, or the answer was a 5xx that Envoy may have made up after the registry
+    /// stored the manifest. Each keeps its slot until a tag-list read that began
+    /// [`DOUBT_GRACE`] after it shows the truth.
+    doubts: Vec<(String, Instant)>,
 }
+
+/// How long after an unknown outcome a tag-list read is trusted to show it: the registry may
+/// still be storing a manifest whose client, or whose Envoy, already gave up.
+pub const DOUBT_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 enum Change {
@@ -151,6 +196,28 @@ impl BookState {
     fn is_fresh(&self, now: Instant, ttl: Duration) -> bool {
         self.fetched_at
             .is_some_and(|at| now.duration_since(at) < ttl)
+            && !self
+                .doubts
+                .iter()
+                .any(|(_, since)| *since + DOUBT_GRACE <= now)
+    }
+
+    /// Keeps `tags`' slots until a read shows whether the push landed.
+    fn doubt(&mut self, tags: &[String]) {
+        let now = Instant::now();
+        self.doubts
+            .extend(tags.iter().map(|tag| (tag.clone(), now)));
+    }
+
+    /// A read that began at `started` shows every push doubted a grace period before it.
+    fn resolve_doubts(&mut self, started: Instant) {
+        let (resolved, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.doubts)
+            .into_iter()
+            .partition(|(_, since)| *since + DOUBT_GRACE <= started);
+        self.doubts = kept;
+        for (tag, _) in resolved {
+            self.book.release(&tag);
+        }
     }
 }
 
@@ -209,10 +276,54 @@ impl Books {
     }
 }
 
+/// The registry's answers about clients' credentials, keyed by repository and a hash of the
+/// credentials (never the credentials themselves).
+#[derive(Debug, Default)]
+struct Standings {
+    known: Mutex<HashMap<[u8; 32], (bool, Instant)>>,
+}
+
+/// Entries kept at most; a flood of distinct credentials cannot grow memory past it.
+const MAX_STANDINGS: usize = 10_000;
+
+impl Standings {
+    fn key(repository: &str, authorization: Option<&str>) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        hash.update(repository.as_bytes());
+        hash.update([0]);
+        if let Some(a) = authorization {
+            hash.update([1]);
+            hash.update(a.as_bytes());
+        }
+        hash.finalize().into()
+    }
+
+    fn get(&self, key: &[u8; 32], now: Instant) -> Option<bool> {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        known
+            .get(key)
+            .filter(|(_, until)| now < *until)
+            .map(|(may, _)| *may)
+    }
+
+    fn put(&self, key: [u8; 32], may: bool, until: Instant) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() >= MAX_STANDINGS {
+            let now = Instant::now();
+            known.retain(|_, (_, u)| now < *u);
+            if known.len() >= MAX_STANDINGS {
+                known.clear();
+            }
+        }
+        known.insert(key, (may, until));
+    }
+}
+
 /// Decides manifest writes for every adapter.
 pub struct Checker<S> {
     source: S,
     books: Arc<Books>,
+    standings: Standings,
     policy: watch::Receiver<Arc<Snapshot>>,
     options: CheckOptions,
     metrics: Arc<Metrics>,
@@ -229,6 +340,7 @@ impl<S: TagSource> Checker<S> {
         Self {
             source,
             books: Arc::default(),
+            standings: Standings::default(),
             policy,
             options,
             metrics,
@@ -247,14 +359,42 @@ impl<S: TagSource> Checker<S> {
 
     /// Decides a manifest `PUT`, fetching tags when needed and reserving new tags' slots.
     /// Logs one line and counts one decision.
+    /// `authorization` is the client's own header, used only to ask the registry whether it
+    /// accepts the client.
     pub async fn check_push(
         &self,
         transport: Transport,
         write: &ManifestWrite,
         content_type: Option<&str>,
         body: &[u8],
+        authorization: Option<&str>,
     ) -> Checked {
-        self.check(transport, write, content_type, body, true).await
+        let client = Client::Asking(authorization);
+        self.check(transport, write, content_type, body, client, Slots::Reserve)
+            .await
+    }
+
+    /// Harbor's REST calls that create tags or copy artifacts, refused at the door; `None` for
+    /// any other request that is not a manifest write.
+    pub fn check_harbor_api(
+        &self,
+        transport: Transport,
+        method: &str,
+        path: &str,
+    ) -> Option<Checked> {
+        if !crate::policy::is_harbor_tag_write(method, path) {
+            return None;
+        }
+        let checked = Checked {
+            outcome: Outcome::Deny(crate::policy::decision::harbor_tag_write()),
+            facts: Facts {
+                repository: path.split_once('?').map_or(path, |(p, _)| p).to_owned(),
+                ..Facts::default()
+            },
+            ticket: None,
+        };
+        self.record(transport, &checked, Duration::ZERO);
+        Some(checked)
     }
 
     /// What a push would get, reserving nothing (the pre-flight API). Counted and logged like a
@@ -265,8 +405,17 @@ impl<S: TagSource> Checker<S> {
         content_type: Option<&str>,
         body: &[u8],
     ) -> Checked {
-        self.check(Transport::Preflight, write, content_type, body, false)
-            .await
+        // The pre-flight API is served to operators on the gateway's own port, not to clients.
+        let client = Client::Operator;
+        self.check(
+            Transport::Preflight,
+            write,
+            content_type,
+            body,
+            client,
+            Slots::JudgeOnly,
+        )
+        .await
     }
 
     async fn check(
@@ -275,46 +424,97 @@ impl<S: TagSource> Checker<S> {
         write: &ManifestWrite,
         content_type: Option<&str>,
         body: &[u8],
-        reserve: bool,
+        client: Client<'_>,
+        slots: Slots,
     ) -> Checked {
         let started = Instant::now();
+        let deadline = self.options.decision_timeout;
         let snapshot = self.snapshot();
         let push = ManifestPush {
             write,
             content_type,
             body,
         };
-        let checked = match snapshot.policy.evaluate(&push) {
-            Evaluation::Done(decision) => self.settle_decision(decision, write, None, reserve),
-            Evaluation::NeedTags(query) => {
-                let facts = query.facts().clone();
-                let repo = self.books.get(&write.repository);
-                let deadline = self.options.decision_timeout;
-                match tokio::time::timeout(deadline, self.decide_with_tags(&repo, query, reserve))
-                    .await
+        let evaluation = snapshot.policy.evaluate(&push);
+        let facts = match &evaluation {
+            Evaluation::Done(d) => d.facts.clone(),
+            Evaluation::NeedTags(q) => q.facts().clone(),
+        };
+        // Work for a client (a slot, a tag-list read) or words about a repository's limits
+        // only for a client the registry accepts.
+        let acts_for_client = match &evaluation {
+            Evaluation::NeedTags(_) => true,
+            Evaluation::Done(d) => d.denial().is_some_and(|d| d.reason.discloses_limits()),
+        };
+        let decided = tokio::time::timeout(deadline, async {
+            if acts_for_client && let Client::Asking(authorization) = client {
+                if !self
+                    .client_accepted(&write.repository, authorization)
+                    .await?
                 {
-                    Ok(Ok(decision)) => self.settle_decision(decision, write, Some(repo), reserve),
-                    Ok(Err(error)) => self.unavailable(facts, error),
-                    Err(_) => self.unavailable(facts, TagError::Timeout(deadline)),
+                    return Ok(None);
                 }
             }
+            match evaluation {
+                Evaluation::Done(decision) => Ok(Some((decision, None))),
+                Evaluation::NeedTags(query) => {
+                    let repo = self.books.get(&write.repository);
+                    let decision = self.decide_with_tags(&repo, query, slots).await?;
+                    Ok(Some((decision, Some(repo))))
+                }
+            }
+        })
+        .await
+        .unwrap_or(Err(TagError::Timeout(deadline)));
+        let checked = match decided {
+            Ok(Some((decision, repo))) => self.settle_decision(decision, write, repo, slots),
+            Ok(None) => Checked {
+                outcome: Outcome::Defer,
+                facts,
+                ticket: None,
+            },
+            Err(error) => self.unavailable(facts, error),
         };
         self.record(transport, &checked, started.elapsed());
         checked
+    }
+
+    /// Whether the registry accepts the client's credentials for `repository`, from a short
+    /// cache or by asking it.
+    async fn client_accepted(
+        &self,
+        repository: &str,
+        authorization: Option<&str>,
+    ) -> Result<bool, TagError> {
+        if !self.options.client_check {
+            return Ok(true);
+        }
+        let key = Standings::key(repository, authorization);
+        if let Some(may) = self.standings.get(&key, Instant::now()) {
+            return Ok(may);
+        }
+        let result = self.source.client_may_read(repository, authorization).await;
+        let label = match &result {
+            Ok(true) => "accepted",
+            Ok(false) => "refused",
+            Err(e) => e.as_str(),
+        };
+        Metrics::count(&self.metrics.client_checks, label);
+        let may = result?;
+        self.standings
+            .put(key, may, Instant::now() + self.options.client_check_ttl);
+        Ok(may)
     }
 
     async fn decide_with_tags(
         &self,
         repo: &Repo,
         query: crate::policy::TagQuery<'_>,
-        reserve: bool,
+        slots: Slots,
     ) -> Result<Decision, TagError> {
-        let finish = |query: crate::policy::TagQuery<'_>, book: &mut TagBook| {
-            if reserve {
-                query.finish(book)
-            } else {
-                query.judge(book)
-            }
+        let finish = |query: crate::policy::TagQuery<'_>, book: &mut TagBook| match slots {
+            Slots::Reserve => query.finish(book),
+            Slots::JudgeOnly => query.judge(book),
         };
         let ttl = self.options.tag_cache_ttl;
         loop {
@@ -332,6 +532,7 @@ impl<S: TagSource> Checker<S> {
                 continue;
             }
             repo.lock().journal = Some(Vec::new());
+            let fetch_started = Instant::now();
             let result = self.source.list_tags(query.repository()).await;
             let mut state = repo.lock();
             let journal = state.journal.take().unwrap_or_default();
@@ -340,6 +541,7 @@ impl<S: TagSource> Checker<S> {
                     Metrics::count(&self.metrics.registry_calls, "ok");
                     state.book.replace_confirmed(tags);
                     state.fetched_at = Some(Instant::now());
+                    state.resolve_doubts(fetch_started);
                     for change in journal {
                         state.apply(change);
                     }
@@ -361,7 +563,7 @@ impl<S: TagSource> Checker<S> {
         decision: Decision,
         write: &ManifestWrite,
         repo: Option<Arc<Repo>>,
-        reserve: bool,
+        slots: Slots,
     ) -> Checked {
         let Decision { facts, verdict } = decision;
         match verdict {
@@ -372,7 +574,7 @@ impl<S: TagSource> Checker<S> {
             },
             Verdict::Allow { reserved } => {
                 // A dry run reserved nothing and has no registry answer to follow.
-                let ticket = reserve.then(|| Ticket {
+                let ticket = (slots == Slots::Reserve).then(|| Ticket {
                     repo: repo.unwrap_or_else(|| self.books.get(&write.repository)),
                     tags: write.tags(),
                     reference_tag: write.reference.tag().map(str::to_owned),
@@ -398,10 +600,8 @@ impl<S: TagSource> Checker<S> {
                 ticket: None,
             };
         }
-        let message = format!(
-            "push to {} refused: the registry gateway could not count the repository's tags because {error}. No limit was judged; retry the push shortly, and tell the registry administrator if it persists.",
-            facts.image()
-        );
+        tracing::warn!(repository = %facts.repository, error = %error, "registry unavailable for a decision");
+        let message = crate::policy::decision::unavailable(&facts, &error.cause());
         Checked {
             outcome: Outcome::Unavailable { error, message },
             facts,
@@ -414,6 +614,7 @@ impl<S: TagSource> Checker<S> {
             Outcome::Allow => ("allow", "none"),
             Outcome::Deny(d) => ("deny", d.reason.as_str()),
             Outcome::Unavailable { error, .. } => ("error", error.as_str()),
+            Outcome::Defer => ("defer", "client_refused_by_registry"),
         };
         self.metrics
             .decisions
@@ -522,9 +723,20 @@ impl Ticket {
 
     /// The registry answered the `PUT` with `status`; `oci_tags` are the values of its
     /// `OCI-Tag` headers (comma lists allowed), empty when absent.
+    ///
+    /// A 4xx is the registry's refusal (or Envoy's, before the registry saw the body): the slots
+    /// are free. A 5xx may be Envoy's own answer (a route timeout, an upstream reset) after the
+    /// registry stored the manifest, so its slots stay held until the tag list shows the truth.
     pub fn settle(mut self, status: u16, oci_tags: &[String]) {
         self.settled = true;
         let mut state = self.repo.lock();
+        if !(200..500).contains(&status) {
+            state.doubt(&self.reserved);
+            if !self.reserved.is_empty() {
+                Metrics::count(&self.metrics.reservations, "in_doubt");
+            }
+            return;
+        }
         if !(200..300).contains(&status) {
             for tag in &self.reserved {
                 state.book.release(tag);
@@ -534,8 +746,9 @@ impl Ticket {
             }
             return;
         }
-        // A registry that implements `?tag=` echoes what it created; one that does not creates
-        // only the reference's tag.
+        // A registry that implements `?tag=` echoes what it created, and every tag it says it
+        // created counts, named in our request or not; one that does not creates only the
+        // reference's tag.
         let created: Vec<&str> = if oci_tags.is_empty() {
             self.reference_tag.iter().map(String::as_str).collect()
         } else {
@@ -549,8 +762,8 @@ impl Ticket {
         for tag in &self.reserved {
             state.book.release(tag);
         }
-        for tag in self.tags.iter().filter(|t| created.contains(&t.as_str())) {
-            state.apply(Change::Confirm(tag.clone()));
+        for tag in created {
+            state.apply(Change::Confirm(tag.to_owned()));
         }
         if !self.reserved.is_empty() {
             Metrics::count(&self.metrics.reservations, "committed");
@@ -589,18 +802,33 @@ impl Drop for Ticket {
         if self.settled {
             return;
         }
+        // The request ended without the registry's answer (the client hung up, Envoy reset the
+        // stream): the registry may still have stored the manifest. Freeing the slot now would let
+        // a concurrent push overshoot, so it is held until a tag-list read shows the truth.
         let mut state = self.repo.lock();
-        for tag in &self.reserved {
-            state.book.release(tag);
-        }
+        state.doubt(&self.reserved);
         if !self.reserved.is_empty() {
-            // The request ended without the registry's answer: it may still have stored the
-            // manifest (its 201 lost on the way back). Freeing the slot is only exact if the next
-            // decision reads the tag list again.
-            state.apply(Change::Stale);
-            Metrics::count(&self.metrics.reservations, "released");
+            Metrics::count(&self.metrics.reservations, "in_doubt");
         }
     }
+}
+
+/// Whose request is decided.
+#[derive(Clone, Copy, Debug)]
+enum Client<'a> {
+    /// A registry client, with its own `Authorization` header if it sent one.
+    Asking(Option<&'a str>),
+    /// An operator's pre-flight question on the gateway's own port.
+    Operator,
+}
+
+/// Whether a decision takes the slots of the tags it admits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slots {
+    /// A push: admitted tags hold their slots until the registry answers.
+    Reserve,
+    /// A question: nothing is taken from real pushes.
+    JudgeOnly,
 }
 
 #[cfg(test)]

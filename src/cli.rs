@@ -46,6 +46,15 @@ pub enum OnRegistryError {
     Allow,
 }
 
+/// Whom the gateway acts for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ClientCheck {
+    /// The registry says whether it accepts the client's credentials.
+    Registry,
+    /// Every client that reaches Envoy (authentication happens in front of Envoy).
+    Off,
+}
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -98,9 +107,35 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub registry_password: Option<String>,
-    /// Accept an invalid TLS certificate from the registry, and allow plain HTTP.
+    /// Accept an invalid TLS certificate from the registry and its token realm. (A plain-http
+    /// registry URL needs no flag when the gateway has no credentials.)
     #[arg(long, env = "REGISTRY_GATEWAY_REGISTRY_INSECURE")]
     pub registry_insecure: bool,
+    /// Send the gateway's registry credentials over plain http (a registry URL or token realm
+    /// starting with `http://`). Off: credentials go over https only.
+    #[arg(long, env = "REGISTRY_GATEWAY_REGISTRY_PLAIN_HTTP_CREDENTIALS")]
+    pub registry_plain_http_credentials: bool,
+    /// A token realm trusted to receive the gateway's credentials besides the registry's own
+    /// origin (for a token server on another host). Repeat, or separate with commas.
+    #[arg(
+        long,
+        env = "REGISTRY_GATEWAY_REGISTRY_TOKEN_REALM",
+        value_delimiter = ','
+    )]
+    pub registry_token_realm: Vec<reqwest::Url>,
+    /// Before taking a slot or telling a repository's limits, ask the registry whether it
+    /// accepts the pushing client's own credentials (one request per client and repository,
+    /// cached); `off` trusts every client that reaches Envoy.
+    #[arg(
+        long,
+        env = "REGISTRY_GATEWAY_CLIENT_CHECK",
+        value_enum,
+        default_value = "registry"
+    )]
+    pub client_check: ClientCheck,
+    /// How long the registry's answer about a client's credentials is kept.
+    #[arg(long, env = "REGISTRY_GATEWAY_CLIENT_CHECK_TTL", default_value = "60s", value_parser = parse_duration)]
+    pub client_check_ttl: Duration,
     /// Deadline for one tag-list read (all pages and the token fetch).
     #[arg(long, env = "REGISTRY_GATEWAY_REGISTRY_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub registry_timeout: Duration,

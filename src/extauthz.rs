@@ -45,6 +45,15 @@ impl<S: TagSource> Authorization for ExtAuthzService<S> {
             .ok_or_else(|| {
                 Status::invalid_argument("CheckRequest without attributes.request.http")
             })?;
+        if let Some(refused) =
+            self.checker
+                .check_harbor_api(Transport::ExtAuthz, &http.method, &http.path)
+            && let Some(refusal) = respond::render(&refused.outcome)
+        {
+            return Ok(Response::new(deny(&refusal)));
+        }
+        // Istio's policy sends every PUT and DELETE (blob uploads included, their bodies cut
+        // short): anything that is not a manifest write passes at once.
         let Some(write) = ManifestWrite::from_request(&http.method, &http.path) else {
             return Ok(Response::new(allow()));
         };
@@ -59,10 +68,26 @@ impl<S: TagSource> Authorization for ExtAuthzService<S> {
         } else {
             &http.raw_body
         };
+        // `allow_partial_message` lets big blob PUTs through uncut by a 413; a manifest that
+        // arrived cut is never judged on a part.
+        if http
+            .headers
+            .get("x-envoy-auth-partial-body")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        {
+            return Ok(Response::new(deny(&respond::not_whole(&write, true))));
+        }
         let content_type = http.headers.get("content-type").map(String::as_str);
+        let authorization = http.headers.get("authorization").map(String::as_str);
         let checked = self
             .checker
-            .check_push(Transport::ExtAuthz, &write, content_type, body)
+            .check_push(
+                Transport::ExtAuthz,
+                &write,
+                content_type,
+                body,
+                authorization,
+            )
             .await;
         match respond::render(&checked.outcome) {
             None => {

@@ -27,7 +27,6 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::check::{Checker, TagSource, Ticket, Transport};
 use crate::metrics::Metrics;
-use crate::policy::decision::image_reference;
 use crate::policy::{MAX_MANIFEST_BYTES, ManifestWrite, WriteKind};
 use crate::respond::{self, Rendered};
 
@@ -65,6 +64,7 @@ impl<S: TagSource> ExternalProcessor for ExtProcService<S> {
             metrics: self.metrics.clone(),
             write: None,
             content_type: None,
+            authorization: None,
             body: Vec::new(),
             ticket: None,
             answered_response: false,
@@ -81,6 +81,8 @@ struct StreamState<S> {
     metrics: Arc<Metrics>,
     write: Option<ManifestWrite>,
     content_type: Option<String>,
+    /// The client's own credentials, to ask the registry whether it accepts them.
+    authorization: Option<String>,
     body: Vec<u8>,
     /// Held from an allowed `PUT` until the registry answers; dropping it releases the slots.
     ticket: Option<Ticket>,
@@ -148,8 +150,19 @@ impl<S: TagSource> StreamState<S> {
                 self.saw_request_headers = true;
                 let method = header(&headers, ":method").unwrap_or_default();
                 let path = header(&headers, ":path").unwrap_or_default();
+                if let Some(refused) =
+                    self.checker
+                        .check_harbor_api(Transport::ExtProc, &method, &path)
+                {
+                    let refusal = respond::render(&refused.outcome);
+                    return Ok(match refusal {
+                        Some(refusal) => (immediate(&refusal), true),
+                        None => (continue_headers(true), false),
+                    });
+                }
                 self.write = ManifestWrite::from_request(&method, &path);
                 self.content_type = header(&headers, "content-type");
+                self.authorization = header(&headers, "authorization");
                 if let Some(write) = &self.write
                     && write.kind == WriteKind::Put
                     && headers.end_of_stream
@@ -177,20 +190,16 @@ impl<S: TagSource> StreamState<S> {
                 if write.kind != WriteKind::Put {
                     return Ok((continue_body(true), false));
                 }
-                let image = image_reference(&write.repository, write.reference.as_str());
-                if self.body.len() + body.body.len() > BODY_CAP {
-                    let refusal = respond::body_too_large(&format!(
-                        "push to {image} refused: the manifest is larger than {MAX_MANIFEST_BYTES} bytes (4 MiB), the most a registry accepts"
-                    ));
-                    return Ok((immediate(&refusal), true));
-                }
-                self.body.extend_from_slice(&body.body);
-                if !body.end_of_stream {
+                let cut = if self.body.len() + body.body.len() > BODY_CAP {
+                    Some(false)
+                } else {
+                    self.body.extend_from_slice(&body.body);
                     // Only BUFFERED delivery is configured; a partial body means Envoy's buffer
                     // limit cut it, and an unseen manifest is never allowed.
-                    let refusal = respond::body_too_large(&format!(
-                        "push to {image} refused: the gateway did not receive the whole manifest (Envoy's request_body_buffer_limit is too small for it)"
-                    ));
+                    (!body.end_of_stream).then_some(true)
+                };
+                if let Some(cut_by_envoy) = cut {
+                    let refusal = respond::not_whole(write, cut_by_envoy);
                     return Ok((immediate(&refusal), true));
                 }
                 Ok(match self.decide().await {
@@ -242,6 +251,7 @@ impl<S: TagSource> StreamState<S> {
                 write,
                 self.content_type.as_deref(),
                 &body,
+                self.authorization.as_deref(),
             )
             .await;
         let refusal = respond::render(&checked.outcome);

@@ -36,6 +36,7 @@ pub struct Metrics {
     pub config_loaded_timestamp: Gauge,
     pub stream_errors: Family<ResultLabels, Counter>,
     pub reservations: Family<ResultLabels, Counter>,
+    pub client_checks: Family<ResultLabels, Counter>,
     registry: Registry,
 }
 
@@ -99,8 +100,14 @@ impl Metrics {
         let reservations = Family::<ResultLabels, Counter>::default();
         registry.register(
             "tag_reservations",
-            "Tag slots settled, by result (committed, released, expired)",
+            "Tag slots settled, by result (committed, released, expired, in_doubt)",
             reservations.clone(),
+        );
+        let client_checks = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "client_checks",
+            "Questions to the registry whether it accepts a client's credentials, by answer (accepted, refused, or the error)",
+            client_checks.clone(),
         );
         Self {
             decisions,
@@ -111,6 +118,7 @@ impl Metrics {
             config_loaded_timestamp,
             stream_errors,
             reservations,
+            client_checks,
             registry,
         }
     }

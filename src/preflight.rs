@@ -96,7 +96,7 @@ impl<S: TagSource> pb::policy_server::Policy for PolicyService<S> {
         let (_, applied) = snapshot.policy.limits_for(&request.repository);
         let rendered = respond::render(&checked.outcome);
         let (outcome, reason, message) = match &checked.outcome {
-            Outcome::Allow => (pb::Outcome::Allow, "none", String::new()),
+            Outcome::Allow | Outcome::Defer => (pb::Outcome::Allow, "none", String::new()),
             Outcome::Deny(d) => (pb::Outcome::Deny, d.reason.as_str(), d.message.clone()),
             Outcome::Unavailable { error, message } => {
                 (pb::Outcome::Unavailable, error.as_str(), message.clone())

@@ -20,8 +20,8 @@
 //! is what a schema 1 or unmeasurable push needs.
 
 use crate::check::Outcome;
-use crate::policy::DenyReason;
-use crate::policy::decision::oci_error_body;
+use crate::policy::decision::{self, oci_error_body};
+use crate::policy::{Denial, DenyReason, Facts, ManifestWrite};
 
 /// What a refusal looks like on the wire.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,17 +53,8 @@ pub const fn deny_status(reason: DenyReason) -> (u16, &'static str, tonic::Code)
 /// Renders a refusal; `None` for an allowed request.
 pub fn render(outcome: &Outcome) -> Option<Rendered> {
     match outcome {
-        Outcome::Allow => None,
-        Outcome::Deny(denial) => {
-            let (http_status, oci_code, grpc_code) = deny_status(denial.reason);
-            Some(Rendered {
-                http_status,
-                oci_code,
-                grpc_code,
-                body: oci_error_body(oci_code, &denial.message, &denial.detail),
-                details: denial.reason.as_str(),
-            })
-        }
+        Outcome::Allow | Outcome::Defer => None,
+        Outcome::Deny(denial) => Some(denied(denial)),
         Outcome::Unavailable { error, message } => Some(Rendered {
             http_status: 503,
             oci_code: "UNAVAILABLE",
@@ -80,14 +71,24 @@ pub fn render(outcome: &Outcome) -> Option<Rendered> {
 
 /// A manifest body the gateway could not receive whole: larger than any registry accepts, or
 /// cut by Envoy's buffer. Refused like an oversized manifest, never allowed unseen.
-pub fn body_too_large(message: &str) -> Rendered {
-    let (http_status, oci_code, grpc_code) = deny_status(DenyReason::ManifestTooLarge);
+pub fn not_whole(write: &ManifestWrite, cut_by_envoy: bool) -> Rendered {
+    let facts = Facts {
+        repository: write.repository.clone(),
+        reference: write.reference.as_str().to_owned(),
+        ..Facts::default()
+    };
+    let denial = decision::manifest_not_whole(&facts, cut_by_envoy);
+    denied(&denial)
+}
+
+fn denied(denial: &Denial) -> Rendered {
+    let (http_status, oci_code, grpc_code) = deny_status(denial.reason);
     Rendered {
         http_status,
         oci_code,
         grpc_code,
-        body: oci_error_body(oci_code, message, &serde_json::Value::Null),
-        details: DenyReason::ManifestTooLarge.as_str(),
+        body: oci_error_body(oci_code, &denial.message, &denial.detail),
+        details: denial.reason.as_str(),
     }
 }
 
@@ -95,7 +96,6 @@ pub fn body_too_large(message: &str) -> Rendered {
 mod tests {
     use super::*;
     use crate::check::TagError;
-    use crate::policy::Denial;
 
     #[test]
     fn every_reason_has_a_row() {

@@ -44,6 +44,14 @@ impl TagSource for FakeRegistry {
             _ => Ok(vec![]),
         }
     }
+
+    async fn client_may_read(
+        &self,
+        _repository: &str,
+        _authorization: Option<&str>,
+    ) -> Result<bool, TagError> {
+        Ok(true)
+    }
 }
 
 fn image(total: u64) -> Vec<u8> {

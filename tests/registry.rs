@@ -199,6 +199,9 @@ fn config(base_url: Url, credentials: Credentials) -> RegistryConfig {
         credentials,
         timeout: DEADLINE,
         insecure: true,
+        // The fake registries here listen on plain-http loopback.
+        plain_http_credentials: true,
+        token_realms: Vec::new(),
         page_size: None,
     }
 }
@@ -597,23 +600,113 @@ async fn rotated_credentials_are_picked_up_without_a_401_once_their_files_change
     );
 }
 
+/// Plain http with no credentials of the gateway's needs no flag; the gateway's credentials go
+/// over plain http only when the operator allows it, `insecure` (TLS verification) or not.
 #[tokio::test]
-async fn plain_http_needs_insecure_from_the_config_or_the_credentials_directory() {
-    let server = Server::start(|_| Reply::tags(&["v1"])).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    write_credentials(dir.path(), "", "");
+async fn credentials_cross_plain_http_only_when_allowed() {
+    let server = Server::start(|r| match r.authorization() {
+        Some(_) => Reply::tags(&["v1"]),
+        None => Reply::unauthorized(r#"Basic realm="r""#),
+    })
+    .await;
     let strict = |credentials| RegistryConfig {
-        insecure: false,
+        insecure: true,
+        plain_http_credentials: false,
         ..config(server.url(), credentials)
     };
 
-    let refused = RegistryClient::new(strict(Credentials::None));
-    assert!(refused.is_err_and(|e| e.to_string().contains("plain http")));
+    let anonymous = RegistryClient::new(strict(Credentials::None)).expect("anonymous over http");
+    assert!(matches!(
+        anonymous.list_tags("app").await,
+        Err(TagError::Unauthorized { .. })
+    ));
+    let refused = RegistryClient::new(strict(user("u", "p")));
+    assert!(refused.is_err_and(|e| e.to_string().contains("clear text")));
 
-    std::fs::write(dir.path().join("insecure"), "true\n").expect("write insecure");
+    // A mounted Secret that gains a user name after start-up is held to the same rule.
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_credentials(dir.path(), "", "");
     let client = RegistryClient::new(strict(Credentials::Directory(dir.path().to_owned())))
-        .expect("insecure from the directory");
-    assert_eq!(client.list_tags("app").await, Ok(vec!["v1".to_owned()]));
+        .expect("anonymous at start");
+    write_credentials(dir.path(), "u", "p");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let got = client.list_tags("app").await;
+    assert!(
+        matches!(got, Err(TagError::Transport(ref m)) if m.contains("clear text")),
+        "{got:?}"
+    );
+
+    let allowed = RegistryClient::new(RegistryConfig {
+        plain_http_credentials: true,
+        ..strict(user("u", "p"))
+    })
+    .expect("allowed");
+    assert_eq!(allowed.list_tags("app").await, Ok(vec!["v1".to_owned()]));
+}
+
+/// A challenge cannot send the gateway's password to another origin: realms are pinned to the
+/// registry's own origin unless listed.
+#[tokio::test]
+async fn token_realms_are_pinned_to_the_registry_origin_unless_listed() {
+    let issuer = Server::start(|_| Reply::json(200, r#"{"token":"t"}"#)).await;
+    let issuer_realm = format!("{}/token", issuer.url().as_str().trim_end_matches('/'));
+    let realm = issuer_realm.clone();
+    let server = Server::start(move |r| match r.authorization() {
+        Some("Bearer t") => Reply::tags(&["v1"]),
+        _ => Reply::unauthorized(format!(r#"Bearer realm="{realm}",service="s""#)),
+    })
+    .await;
+
+    let pinned = client(&server, user("u", "p"));
+    let got = pinned.list_tags("app").await;
+    assert!(
+        matches!(got, Err(TagError::InvalidResponse(ref m)) if m.contains("not the registry's own origin")),
+        "{got:?}"
+    );
+    assert!(
+        issuer.requests().is_empty(),
+        "the foreign realm was never asked"
+    );
+
+    let listed = RegistryClient::new(RegistryConfig {
+        token_realms: vec![Url::parse(&issuer_realm).expect("realm")],
+        ..config(server.url(), user("u", "p"))
+    })
+    .expect("client");
+    assert_eq!(listed.list_tags("app").await, Ok(vec!["v1".to_owned()]));
+}
+
+/// The client check sends exactly the client's header, once, and reads the registry's verdict.
+#[tokio::test]
+async fn the_client_check_sends_the_clients_own_credentials() {
+    let server = Server::start(|r| match (r.path(), r.authorization()) {
+        ("/v2/new/tags/list", Some("Basic good")) => Reply::json(404, r#"{"errors":[]}"#),
+        (_, Some("Basic good")) => Reply::tags(&["v1"]),
+        (_, Some("Basic forbidden")) => Reply::json(403, r#"{"errors":[]}"#),
+        (_, Some("Basic broken")) => Reply::json(500, r#"{"errors":[]}"#),
+        _ => Reply::unauthorized(r#"Basic realm="r""#),
+    })
+    .await;
+    let client = client(&server, user("gateway", "secret"));
+    for (authorization, repository, want) in [
+        (Some("Basic good"), "app", Ok(true)),
+        (Some("Basic good"), "new", Ok(true)),
+        (Some("Basic bad"), "app", Ok(false)),
+        (None, "app", Ok(false)),
+        (Some("Basic forbidden"), "app", Ok(false)),
+        (Some("bad\nvalue"), "app", Ok(false)),
+        (
+            Some("Basic broken"),
+            "app",
+            Err(TagError::Status { status: 500 }),
+        ),
+    ] {
+        assert_eq!(
+            client.client_may_read(repository, authorization).await,
+            want,
+            "{authorization:?} {repository}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -13,6 +13,9 @@ struct FakeSource {
     calls: Arc<AtomicUsize>,
     delay: Duration,
     fail: Option<TagError>,
+    /// Credentials the registry accepts; `None` accepts every client.
+    accepts: Option<Vec<Option<String>>>,
+    client_calls: Arc<AtomicUsize>,
 }
 
 impl TagSource for FakeSource {
@@ -25,6 +28,18 @@ impl TagSource for FakeSource {
             return Err(e.clone());
         }
         Ok(self.tags.lock().expect("lock").clone())
+    }
+
+    async fn client_may_read(
+        &self,
+        _repository: &str,
+        authorization: Option<&str>,
+    ) -> Result<bool, TagError> {
+        self.client_calls.fetch_add(1, Ordering::SeqCst);
+        Ok(self
+            .accepts
+            .as_ref()
+            .is_none_or(|accepted| accepted.iter().any(|a| a.as_deref() == authorization)))
     }
 }
 
@@ -64,6 +79,10 @@ fn put(path: &str) -> ManifestWrite {
     ManifestWrite::from_request("PUT", path).expect("manifest write")
 }
 
+fn put_delete(path: &str) -> ManifestWrite {
+    ManifestWrite::from_request("DELETE", path).expect("manifest write")
+}
+
 #[tokio::test]
 async fn concurrent_new_tags_admit_exactly_the_room_left() {
     let mut source = source_with(&["a", "b", "c"]);
@@ -75,7 +94,9 @@ async fn concurrent_new_tags_admit_exactly_the_room_left() {
         let c = c.clone();
         tasks.push(tokio::spawn(async move {
             let w = put(&format!("/v2/r/manifests/n{i}"));
-            let checked = c.check_push(Transport::ExtProc, &w, Some(OCI), BODY).await;
+            let checked = c
+                .check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
+                .await;
             // Hold the ticket like an open stream would.
             (checked.outcome, checked.ticket)
         }));
@@ -109,57 +130,288 @@ async fn a_failed_push_releases_its_slot_and_a_committed_one_keeps_it() {
     );
     let w = put("/v2/r/manifests/b");
     let t = c
-        .check_push(Transport::ExtProc, &w, Some(OCI), BODY)
+        .check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
         .await
         .ticket
         .expect("allowed");
     let w2 = put("/v2/r/manifests/c");
     assert!(matches!(
-        c.check_push(Transport::ExtProc, &w2, Some(OCI), BODY)
+        c.check_push(Transport::ExtProc, &w2, Some(OCI), BODY, None)
             .await
             .outcome,
         Outcome::Deny(_)
     ));
     t.settle(400, &[]);
     let t2 = c
-        .check_push(Transport::ExtProc, &w2, Some(OCI), BODY)
+        .check_push(Transport::ExtProc, &w2, Some(OCI), BODY, None)
         .await
         .ticket
         .expect("slot freed");
     t2.settle(201, &[]);
     assert!(matches!(
-        c.check_push(Transport::ExtProc, &w, Some(OCI), BODY)
+        c.check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
             .await
             .outcome,
         Outcome::Deny(_)
     ));
     // Re-pushing the committed tag moves it.
     assert_eq!(
-        c.check_push(Transport::ExtProc, &w2, Some(OCI), BODY)
+        c.check_push(Transport::ExtProc, &w2, Some(OCI), BODY, None)
             .await
             .outcome,
         Outcome::Allow
     );
 }
 
-#[tokio::test]
-async fn a_dropped_ticket_releases_its_slot() {
+/// A stream that ends without the registry's answer (a client that hung up after its body) may
+/// still have stored the manifest: its slot is held until a tag-list read made a grace period
+/// later shows the truth, so a concurrent push cannot overshoot.
+#[tokio::test(start_paused = true)]
+async fn a_dropped_ticket_holds_its_slot_until_the_list_shows_the_truth() {
+    let source = source_with(&[]);
+    let tags = source.tags.clone();
+    let c = checker(source, "tag_count_limit: 1\n", CheckOptions::default());
+    let w = put("/v2/r/manifests/x");
+    let checked = c
+        .check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
+        .await;
+    assert_eq!(checked.ticket.as_ref().map(|t| t.reserved().len()), Some(1));
+    drop(checked);
+    let y = put("/v2/r/manifests/y");
+    let refused = c
+        .check_push(Transport::ExtProc, &y, Some(OCI), BODY, None)
+        .await;
+    assert!(
+        matches!(refused.outcome, Outcome::Deny(_)),
+        "{:?}",
+        refused.outcome
+    );
+    // The push did land: the read after the grace period counts it.
+    tags.lock().expect("lock").push("x".into());
+    tokio::time::advance(DOUBT_GRACE).await;
+    let refused = c
+        .check_push(Transport::ExtProc, &y, Some(OCI), BODY, None)
+        .await;
+    assert!(
+        matches!(refused.outcome, Outcome::Deny(_)),
+        "{:?}",
+        refused.outcome
+    );
+    // Had it not landed, the slot comes free at the same read.
+    tags.lock().expect("lock").clear();
+    c.observe_delete(&put_delete("/v2/r/manifests/x"), 202);
+    assert_eq!(
+        c.check_push(Transport::ExtProc, &y, Some(OCI), BODY, None)
+            .await
+            .outcome,
+        Outcome::Allow
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dropped_ticket_whose_push_failed_frees_its_slot_after_the_grace() {
     let c = checker(
         source_with(&[]),
         "tag_count_limit: 1\n",
         CheckOptions::default(),
     );
     let w = put("/v2/r/manifests/x");
-    let checked = c.check_push(Transport::ExtProc, &w, Some(OCI), BODY).await;
-    assert_eq!(checked.ticket.as_ref().map(|t| t.reserved().len()), Some(1));
-    drop(checked);
-    let w = put("/v2/r/manifests/y");
+    drop(
+        c.check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
+            .await,
+    );
+    tokio::time::advance(DOUBT_GRACE).await;
+    let y = put("/v2/r/manifests/y");
     assert_eq!(
-        c.check_push(Transport::ExtProc, &w, Some(OCI), BODY)
+        c.check_push(Transport::ExtProc, &y, Some(OCI), BODY, None)
             .await
             .outcome,
         Outcome::Allow
     );
+}
+
+/// A 5xx may be Envoy's own (route timeout, upstream reset) after the registry stored the
+/// manifest; a 4xx is a refusal. Only the 4xx frees the slot at once.
+#[tokio::test(start_paused = true)]
+async fn a_5xx_answer_holds_the_slot_and_a_4xx_frees_it() {
+    for (status, free_at_once) in [
+        (503, false),
+        (504, false),
+        (500, false),
+        (0, false),
+        (401, true),
+        (413, true),
+    ] {
+        let source = source_with(&[]);
+        let calls = source.calls.clone();
+        let c = checker(source, "tag_count_limit: 1\n", CheckOptions::default());
+        let t = c
+            .check_push(
+                Transport::ExtProc,
+                &put("/v2/r/manifests/x"),
+                Some(OCI),
+                BODY,
+                None,
+            )
+            .await
+            .ticket
+            .expect("allowed");
+        t.settle(status, &[]);
+        let y = put("/v2/r/manifests/y");
+        let got = c
+            .check_push(Transport::ExtProc, &y, Some(OCI), BODY, None)
+            .await;
+        assert_eq!(
+            got.outcome == Outcome::Allow,
+            free_at_once,
+            "{status}: {:?}",
+            got.outcome
+        );
+        drop(got);
+        if !free_at_once {
+            tokio::time::advance(DOUBT_GRACE).await;
+            let got = c
+                .check_push(Transport::ExtProc, &y, Some(OCI), BODY, None)
+                .await;
+            assert_eq!(got.outcome, Outcome::Allow, "{status} after the re-read");
+            assert_eq!(
+                calls.load(Ordering::SeqCst),
+                2,
+                "{status}: the list was read again"
+            );
+        }
+    }
+}
+
+/// Every tag the registry reports creating counts, named in our request or not.
+#[tokio::test]
+async fn every_tag_in_oci_tag_counts() {
+    let c = checker(
+        source_with(&[]),
+        "tag_count_limit: 2\n",
+        CheckOptions::default(),
+    );
+    let t = c
+        .check_push(
+            Transport::ExtProc,
+            &put("/v2/r/manifests/a"),
+            Some(OCI),
+            BODY,
+            None,
+        )
+        .await
+        .ticket
+        .expect("allowed");
+    t.settle(201, &["a, b".to_string()]);
+    let got = c
+        .check_push(
+            Transport::ExtProc,
+            &put("/v2/r/manifests/c"),
+            Some(OCI),
+            BODY,
+            None,
+        )
+        .await;
+    assert!(matches!(got.outcome, Outcome::Deny(ref d) if d.reason == DenyReason::TagLimit));
+}
+
+/// A client whose credentials the registry refuses gets nothing from the gateway: no slot, no
+/// tag-list read, no count, limit or rule; the registry answers it instead.
+#[tokio::test]
+async fn clients_the_registry_refuses_take_no_slot_and_learn_nothing() {
+    let mut source = source_with(&["a"]);
+    source.accepts = Some(vec![Some("Basic good".into())]);
+    let calls = source.calls.clone();
+    let client_calls = source.client_calls.clone();
+    let c = checker(
+        source,
+        "max_image_size: 1B\ntag_count_limit: 2\n",
+        CheckOptions::default(),
+    );
+    let small = br#"{"schemaVersion":2,"layers":[{"size":1}]}"#;
+    for authorization in [None, Some("Basic bad"), Some("Bearer forged")] {
+        for path in ["/v2/r/manifests/new", "/v2/r/manifests/sha256:00"] {
+            let got = c
+                .check_push(
+                    Transport::ExtAuthz,
+                    &put(path),
+                    Some(OCI),
+                    BODY,
+                    authorization,
+                )
+                .await;
+            assert_eq!(got.outcome, Outcome::Defer, "{authorization:?} {path}");
+            assert!(got.ticket.is_none());
+            assert!(crate::respond::render(&got.outcome).is_none());
+        }
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "no tag list read for refused clients"
+    );
+    // An accepted client fills the room; the refused ones took none of it.
+    for tag in ["b", "c"] {
+        let got = c
+            .check_push(
+                Transport::ExtAuthz,
+                &put(&format!("/v2/r/manifests/{tag}")),
+                Some(OCI),
+                small,
+                Some("Basic good"),
+            )
+            .await;
+        let expect_allow = tag == "b";
+        assert_eq!(
+            got.outcome == Outcome::Allow,
+            expect_allow,
+            "{tag}: {:?}",
+            got.outcome
+        );
+        if let Some(t) = got.ticket {
+            t.settle(201, &[]);
+        }
+    }
+    // Answers are cached per client and repository: three refused clients and one accepted.
+    assert_eq!(client_calls.load(Ordering::SeqCst), 4);
+    // Pushes that need no count and tell no limit ask nothing.
+    let invalid = c
+        .check_push(
+            Transport::ExtAuthz,
+            &put("/v2/r/manifests/sha256:00"),
+            Some(OCI),
+            b"{",
+            Some("Basic other"),
+        )
+        .await;
+    assert!(
+        matches!(invalid.outcome, Outcome::Deny(ref d) if d.reason == DenyReason::ManifestInvalid)
+    );
+    assert_eq!(client_calls.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn the_client_check_can_be_turned_off() {
+    let mut source = source_with(&[]);
+    source.accepts = Some(vec![]);
+    let c = checker(
+        source,
+        "tag_count_limit: 2\n",
+        CheckOptions {
+            client_check: false,
+            ..CheckOptions::default()
+        },
+    );
+    let got = c
+        .check_push(
+            Transport::ExtProc,
+            &put("/v2/r/manifests/a"),
+            Some(OCI),
+            BODY,
+            None,
+        )
+        .await;
+    assert_eq!(got.outcome, Outcome::Allow);
 }
 
 #[tokio::test]
@@ -171,19 +423,19 @@ async fn the_same_new_tag_pushed_twice_takes_one_slot() {
     );
     let w = put("/v2/r/manifests/b");
     let t1 = c
-        .check_push(Transport::ExtProc, &w, Some(OCI), BODY)
+        .check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
         .await
         .ticket
         .expect("allowed");
     let t2 = c
-        .check_push(Transport::ExtProc, &w, Some(OCI), BODY)
+        .check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
         .await
         .ticket
         .expect("shares the slot");
     t1.settle(500, &[]);
     let other = put("/v2/r/manifests/c");
     assert!(matches!(
-        c.check_push(Transport::ExtProc, &other, Some(OCI), BODY)
+        c.check_push(Transport::ExtProc, &other, Some(OCI), BODY, None)
             .await
             .outcome,
         Outcome::Deny(_)
@@ -198,7 +450,7 @@ async fn a_deleted_tag_frees_its_slot_at_once() {
     let c = checker(source, "tag_count_limit: 2\n", CheckOptions::default());
     let new = put("/v2/r/manifests/c");
     assert!(matches!(
-        c.check_push(Transport::ExtProc, &new, Some(OCI), BODY)
+        c.check_push(Transport::ExtProc, &new, Some(OCI), BODY, None)
             .await
             .outcome,
         Outcome::Deny(_)
@@ -206,14 +458,14 @@ async fn a_deleted_tag_frees_its_slot_at_once() {
     let del = ManifestWrite::from_request("DELETE", "/v2/r/manifests/a").expect("write");
     c.observe_delete(&del, 404);
     assert!(matches!(
-        c.check_push(Transport::ExtProc, &new, Some(OCI), BODY)
+        c.check_push(Transport::ExtProc, &new, Some(OCI), BODY, None)
             .await
             .outcome,
         Outcome::Deny(_)
     ));
     c.observe_delete(&del, 202);
     assert_eq!(
-        c.check_push(Transport::ExtProc, &new, Some(OCI), BODY)
+        c.check_push(Transport::ExtProc, &new, Some(OCI), BODY, None)
             .await
             .outcome,
         Outcome::Allow
@@ -227,14 +479,15 @@ async fn a_delete_by_digest_makes_the_next_decision_read_the_list() {
     let calls = source.calls.clone();
     let c = checker(source, "tag_count_limit: 5\n", CheckOptions::default());
     let w = put("/v2/r/manifests/b");
-    c.check_push(Transport::ExtProc, &w, Some(OCI), BODY)
+    c.check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
         .await
         .ticket
         .expect("allowed")
         .settle(201, &[]);
     let del = ManifestWrite::from_request("DELETE", "/v2/r/manifests/sha256:00").expect("write");
     c.observe_delete(&del, 202);
-    c.check_push(Transport::ExtProc, &w, Some(OCI), BODY).await;
+    c.check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
+        .await;
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
@@ -245,7 +498,7 @@ async fn an_unreadable_tag_list_fails_closed_by_default_and_open_when_configured
     let c = checker(source.clone(), "{}", CheckOptions::default());
     let w = put("/v2/r/manifests/v1");
     match c
-        .check_push(Transport::ExtProc, &w, Some(OCI), BODY)
+        .check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
         .await
         .outcome
     {
@@ -255,7 +508,7 @@ async fn an_unreadable_tag_list_fails_closed_by_default_and_open_when_configured
     // Size checks never need the network.
     let digest = put("/v2/r/manifests/sha256:00");
     assert_eq!(
-        c.check_push(Transport::ExtProc, &digest, Some(OCI), BODY)
+        c.check_push(Transport::ExtProc, &digest, Some(OCI), BODY, None)
             .await
             .outcome,
         Outcome::Allow
@@ -269,7 +522,7 @@ async fn an_unreadable_tag_list_fails_closed_by_default_and_open_when_configured
         },
     );
     assert_eq!(
-        open.check_push(Transport::ExtProc, &w, Some(OCI), BODY)
+        open.check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
             .await
             .outcome,
         Outcome::Allow
@@ -288,7 +541,7 @@ async fn a_slow_registry_hits_the_decision_deadline() {
     let started = Instant::now();
     let w = put("/v2/r/manifests/v1");
     let outcome = c
-        .check_push(Transport::ExtProc, &w, Some(OCI), BODY)
+        .check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
         .await
         .outcome;
     assert!(
@@ -315,7 +568,7 @@ async fn commits_seen_during_a_fetch_survive_its_result() {
     let c = checker(source, "tag_count_limit: 3\n", options);
     let b = put("/v2/r/manifests/b");
     let ticket = c
-        .check_push(Transport::ExtProc, &b, Some(OCI), BODY)
+        .check_push(Transport::ExtProc, &b, Some(OCI), BODY, None)
         .await
         .ticket
         .expect("allowed");
@@ -324,7 +577,9 @@ async fn commits_seen_during_a_fetch_survive_its_result() {
     let c2 = c.clone();
     let fetching = tokio::spawn(async move {
         let w = put("/v2/r/manifests/c");
-        let checked = c2.check_push(Transport::ExtProc, &w, Some(OCI), BODY).await;
+        let checked = c2
+            .check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
+            .await;
         (checked.outcome, checked.ticket)
     });
     tokio::time::sleep(Duration::from_millis(30)).await;
@@ -334,7 +589,7 @@ async fn commits_seen_during_a_fetch_survive_its_result() {
     // a, b (replayed from the journal) and c (reserved) count: a fourth tag is refused.
     let d = put("/v2/r/manifests/d");
     assert!(matches!(
-        c.check_push(Transport::ExtProc, &d, Some(OCI), BODY)
+        c.check_push(Transport::ExtProc, &d, Some(OCI), BODY, None)
             .await
             .outcome,
         Outcome::Deny(_)
@@ -348,14 +603,14 @@ async fn ext_authz_reservations_expire_and_the_list_is_read_again() {
     let calls = source.calls.clone();
     let c = checker(source, "tag_count_limit: 1\n", CheckOptions::default());
     let w = put("/v2/r/manifests/a");
-    c.check_push(Transport::ExtAuthz, &w, Some(OCI), BODY)
+    c.check_push(Transport::ExtAuthz, &w, Some(OCI), BODY, None)
         .await
         .ticket
         .expect("allowed")
         .expire_after(Duration::from_secs(30));
     let other = put("/v2/r/manifests/b");
     assert!(matches!(
-        c.check_push(Transport::ExtAuthz, &other, Some(OCI), BODY)
+        c.check_push(Transport::ExtAuthz, &other, Some(OCI), BODY, None)
             .await
             .outcome,
         Outcome::Deny(_)
@@ -363,7 +618,7 @@ async fn ext_authz_reservations_expire_and_the_list_is_read_again() {
     tokio::time::sleep(Duration::from_secs(31)).await;
     // The push never landed (the fake registry still lists nothing): the slot is free again.
     assert_eq!(
-        c.check_push(Transport::ExtAuthz, &other, Some(OCI), BODY)
+        c.check_push(Transport::ExtAuthz, &other, Some(OCI), BODY, None)
             .await
             .outcome,
         Outcome::Allow
@@ -380,14 +635,14 @@ async fn query_tags_not_echoed_by_the_registry_are_released() {
     );
     let w = put("/v2/r/manifests/sha256:00?tag=a&tag=b");
     let t = c
-        .check_push(Transport::ExtProc, &w, Some(OCI), BODY)
+        .check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
         .await
         .ticket
         .expect("allowed");
     t.settle(201, &["a".to_string()]);
     let w = put("/v2/r/manifests/c");
     assert_eq!(
-        c.check_push(Transport::ExtProc, &w, Some(OCI), BODY)
+        c.check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
             .await
             .outcome,
         Outcome::Allow
@@ -398,7 +653,7 @@ async fn query_tags_not_echoed_by_the_registry_are_released() {
 async fn idle_repositories_are_forgotten() {
     let c = checker(source_with(&[]), "{}", CheckOptions::default());
     let w = put("/v2/r/manifests/a");
-    c.check_push(Transport::ExtProc, &w, Some(OCI), BODY)
+    c.check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
         .await
         .ticket
         .expect("allowed")

@@ -39,6 +39,12 @@ impl DenyReason {
         Self::HarborApi,
     ];
 
+    /// Whether the message names a repository's limits, count or rule: told only to clients
+    /// the registry accepts.
+    pub const fn discloses_limits(self) -> bool {
+        matches!(self, Self::ImageTooLarge | Self::TagLimit)
+    }
+
     /// Stable name for logs and metric labels.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -205,6 +211,38 @@ pub(super) fn invalid(facts: &Facts, reason: DenyReason, what: &str) -> Denial {
         message,
         detail: json!({ "repository": facts.repository, "reference": facts.reference }),
     }
+}
+
+/// Harbor's REST calls that create tags or copy artifacts: no manifest write to judge.
+pub fn harbor_tag_write() -> Denial {
+    Denial {
+        reason: DenyReason::HarborApi,
+        message: "refused: creating tags and copying artifacts through Harbor's API would step around this registry's push limits (tag count and image size). Push or retag with a registry client instead (docker push, skopeo copy, crane tag, oras tag), which the limits check.".to_owned(),
+        detail: serde_json::Value::Null,
+    }
+}
+
+/// A manifest the gateway could not receive whole, given how many bytes arrived and whether
+/// Envoy cut it.
+pub fn manifest_not_whole(facts: &Facts, cut_by_envoy: bool) -> Denial {
+    let what = if cut_by_envoy {
+        "the gateway did not receive the whole manifest (Envoy's request body buffer limit is too small for it)".to_owned()
+    } else {
+        format!(
+            "the manifest is larger than {} bytes (4 MiB), the most a registry accepts",
+            super::MAX_MANIFEST_BYTES
+        )
+    };
+    invalid(facts, DenyReason::ManifestTooLarge, &what)
+}
+
+/// A push refused because the registry could not be asked; `cause` says why without any
+/// internal address or error chain.
+pub fn unavailable(facts: &Facts, cause: &str) -> String {
+    format!(
+        "push to {} refused: the registry gateway could not check the push because {cause}. No limit was judged; retry the push shortly, and tell the registry administrator if it persists.",
+        facts.image()
+    )
 }
 
 /// The OCI error envelope for a denial, with the given code

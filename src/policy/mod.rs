@@ -21,7 +21,7 @@ use regex::RegexSet;
 pub use decision::{Decision, Denial, DenyReason, Facts, RuleRef, Verdict};
 pub use file::{ConfigSource, KeyFile, LoadError, Problem, compile};
 pub use manifest::{ManifestError, Measured, MediaType};
-pub use push::{ManifestPush, ManifestWrite, Reference, WriteKind};
+pub use push::{ManifestPush, ManifestWrite, Reference, WriteKind, is_harbor_tag_write};
 pub use rule::{Rule, TagFilter};
 pub use size::ByteSize;
 pub use tags::TagBook;

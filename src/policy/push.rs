@@ -114,6 +114,30 @@ pub use self::grammar::{GrammarError, MAX_NAME_LENGTH, MAX_QUERY_TAGS};
 
 mod grammar;
 
+/// Whether a request is one of Harbor's REST calls that create a tag
+/// (`POST /api/v2.0/projects/{p}/repositories/{r}/artifacts/{ref}/tags`) or copy an artifact
+/// (`POST /api/v2.0/projects/{p}/repositories/{r}/artifacts?from=…`): a tag appears with no
+/// manifest write for the gateway to judge. Matched on the decoded path without regard to letter
+/// case, so no spelling slips past.
+pub fn is_harbor_tag_write(method: &str, path: &str) -> bool {
+    static HARBOR: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(
+            r"(?i)^/api/v2\.0/projects/[^/]+/repositories/[^/]+/artifacts(?:/[^/]+/tags)?/*$",
+        )
+        .expect("Harbor route pattern compiles")
+    });
+    if !method.eq_ignore_ascii_case("POST") {
+        return false;
+    }
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    match percent_decode(path, false) {
+        Some(decoded) => HARBOR.is_match(&decoded.replace("//", "/")),
+        // A broken escape under /api/ is refused too: better a refused odd request than a
+        // missed tag write.
+        None => path.to_ascii_lowercase().contains("/api/"),
+    }
+}
+
 /// A manifest `PUT` with its body: what the policy judges.
 #[derive(Clone, Copy, Debug)]
 pub struct ManifestPush<'a> {
@@ -234,6 +258,38 @@ mod tests {
         let w = ManifestWrite::from_request("PUT", "/v2/p/manifests/sha256:00").expect("write");
         assert!(w.tags().is_empty());
         assert_eq!(w.reference.tag(), None);
+    }
+
+    #[test]
+    fn harbor_tag_writes_are_recognised_in_every_spelling() {
+        for path in [
+            "/api/v2.0/projects/p/repositories/r/artifacts/latest/tags",
+            "/api/v2.0/projects/p/repositories/a%252Fb/artifacts/sha256:00/tags/",
+            "/api/v2.0/projects/p/repositories/r/artifacts?from=q/s:v1",
+            "/api/v2.0/projects/p/repositories/r/artifacts/",
+            "/API/V2.0/Projects/p/Repositories/r/Artifacts/v1/Tags",
+            "/api/v2%2E0/projects/p/repositories/r/artifacts/v1/%74ags",
+        ] {
+            assert!(is_harbor_tag_write("POST", path), "{path}");
+        }
+        for (method, path) in [
+            (
+                "GET",
+                "/api/v2.0/projects/p/repositories/r/artifacts/v1/tags",
+            ),
+            (
+                "DELETE",
+                "/api/v2.0/projects/p/repositories/r/artifacts/v1/tags/v1",
+            ),
+            (
+                "POST",
+                "/api/v2.0/projects/p/repositories/r/artifacts/v1/labels",
+            ),
+            ("POST", "/api/v2.0/projects"),
+            ("POST", "/v2/p/r/blobs/uploads/"),
+        ] {
+            assert!(!is_harbor_tag_write(method, path), "{method} {path}");
+        }
     }
 
     #[test]

@@ -102,15 +102,19 @@ impl RegistryClient {
                 "the token realm URL carries credentials".into(),
             ));
         }
-        match url.scheme() {
-            "https" => {}
-            // The realm gets the password: not in clear text unless the operator said so.
-            "http" if self.insecure || credentials.insecure => {}
-            scheme => {
-                return Err(TagError::InvalidResponse(format!(
-                    "the token realm uses `{scheme}`; plain http needs `insecure`"
-                )));
-            }
+        if !matches!(url.scheme(), "https" | "http") {
+            return Err(TagError::InvalidResponse(format!(
+                "the token realm uses `{}`",
+                url.scheme()
+            )));
+        }
+        // The realm gets the password: only the registry's own origin, or one the operator
+        // listed, so a registry answer cannot send the gateway's credentials elsewhere.
+        if !self.trusts_realm(&url) {
+            return Err(TagError::InvalidResponse(format!(
+                "the token realm {} is not the registry's own origin; trust it with --registry-token-realm",
+                origin_and_path(&url)
+            )));
         }
         {
             let mut query = url.query_pairs_mut();

@@ -84,12 +84,13 @@ impl CredentialStore {
         }
     }
 
-    pub(super) fn initial_insecure(&self) -> bool {
+    /// Whether the gateway starts with a user name and password to send.
+    pub(super) fn initial_has_basic(&self) -> bool {
         match self {
-            Self::Fixed(snapshot) => snapshot.insecure,
-            Self::Directory { state, .. } => {
-                state.try_lock().is_ok_and(|state| state.current.insecure)
-            }
+            Self::Fixed(snapshot) => snapshot.basic.is_some(),
+            Self::Directory { state, .. } => state
+                .try_lock()
+                .is_ok_and(|state| state.current.basic.is_some()),
         }
     }
 

@@ -51,8 +51,14 @@ pub struct RegistryConfig {
     pub credentials: Credentials,
     /// Deadline for one whole `list_tags` call: every page and every token fetch.
     pub timeout: Duration,
-    /// Accept any TLS certificate and allow plain `http`, for the registry and the token realm.
+    /// Accept any TLS certificate, from the registry and the token realm.
     pub insecure: bool,
+    /// Send the gateway's own credentials over plain `http`. Without it a plain-http registry
+    /// works only anonymously: there is nothing to protect then.
+    pub plain_http_credentials: bool,
+    /// Token realms trusted besides the registry's own origin (scheme, host, port and path; any
+    /// query is the registry's to add). The realm receives the gateway's password.
+    pub token_realms: Vec<Url>,
     /// `n` sent with every page request. `None` sends none and lets the registry decide;
     /// distribution 3.1.0 answers 400 to `n` above its `tags.maxtags` (default 1000).
     pub page_size: Option<u32>,
@@ -68,7 +74,7 @@ pub enum Credentials {
         password: String,
     },
     /// A mounted Kubernetes Secret: files `username`, `password` and optionally `insecure`
-    /// (`true`/`false`, OR-ed with [`RegistryConfig::insecure`]). Trailing line breaks are
+    /// (`true`/`false`, OR-ed with [`RegistryConfig::insecure`]: accept any TLS certificate). Trailing line breaks are
     /// dropped; an empty `username` means anonymous. The files are re-read when their
     /// modification stamps change (checked at most once a second) and after every 401. A read
     /// that fails after start-up keeps the previous credentials.
@@ -96,8 +102,12 @@ pub enum Error {
     UnsupportedScheme { scheme: String },
     #[error("the registry URL must not contain credentials; configure them separately")]
     CredentialsInUrl,
-    #[error("registry URL {url} is plain http, which needs `insecure`")]
-    PlainHttp { url: Url },
+    #[error(
+        "registry URL {url} is plain http and the gateway has registry credentials, which would cross the network in clear text; use https, or pass --registry-plain-http-credentials to send them anyway"
+    )]
+    PlainHttpCredentials { url: Url },
+    #[error("token realm {url} must be an http or https URL without credentials or query")]
+    TokenRealm { url: Url },
     #[error("the page size must be at least 1 (n=0 lists no tags)")]
     ZeroPageSize,
     #[error("cannot read registry credentials from {}", path.display())]
@@ -121,6 +131,8 @@ pub struct RegistryClient {
     timeout: Duration,
     page_size: Option<u32>,
     insecure: bool,
+    plain_http_credentials: bool,
+    token_realms: Vec<Url>,
     verified: reqwest::Client,
     unverified: reqwest::Client,
     credentials: CredentialStore,
@@ -136,6 +148,8 @@ impl fmt::Debug for RegistryClient {
             .field("timeout", &self.timeout)
             .field("page_size", &self.page_size)
             .field("insecure", &self.insecure)
+            .field("plain_http_credentials", &self.plain_http_credentials)
+            .field("token_realms", &self.token_realms)
             .finish_non_exhaustive()
     }
 }
@@ -150,8 +164,19 @@ impl RegistryClient {
             credentials,
             timeout,
             insecure,
+            plain_http_credentials,
+            token_realms,
             page_size,
         } = config;
+        for realm in &token_realms {
+            if !matches!(realm.scheme(), "http" | "https")
+                || !realm.username().is_empty()
+                || realm.password().is_some()
+                || realm.query().is_some()
+            {
+                return Err(Error::TokenRealm { url: realm.clone() });
+            }
+        }
         if !base_url.username().is_empty() || base_url.password().is_some() {
             return Err(Error::CredentialsInUrl);
         }
@@ -164,8 +189,9 @@ impl RegistryClient {
             return Err(Error::ZeroPageSize);
         }
         let credentials = CredentialStore::new(credentials)?;
-        if base_url.scheme() == "http" && !(insecure || credentials.initial_insecure()) {
-            return Err(Error::PlainHttp { url: base_url });
+        if base_url.scheme() == "http" && credentials.initial_has_basic() && !plain_http_credentials
+        {
+            return Err(Error::PlainHttpCredentials { url: base_url });
         }
         // Already installed (by us or by the embedding program) is fine: reqwest uses whichever
         // provider is the process default.
@@ -175,6 +201,8 @@ impl RegistryClient {
             timeout,
             page_size,
             insecure,
+            plain_http_credentials,
+            token_realms,
             verified: http_client(false).map_err(Error::Client)?,
             unverified: http_client(true).map_err(Error::Client)?,
             credentials,
@@ -278,18 +306,74 @@ impl RegistryClient {
         })
     }
 
+    /// The client for a request to `url` made on behalf of `credentials`: plain http only
+    /// when no credentials of the gateway's could go with it, or the operator allowed it.
     fn http(&self, credentials: &Snapshot, url: &Url) -> Result<&reqwest::Client, TagError> {
-        if self.insecure || credentials.insecure {
-            Ok(&self.unverified)
-        } else if url.scheme() == "https" {
-            Ok(&self.verified)
-        } else {
-            // Reachable when a credentials directory turned `insecure` off after start-up.
-            Err(TagError::Transport(format!(
-                "{} is plain http, which needs `insecure`",
+        if url.scheme() != "https" && credentials.basic.is_some() && !self.plain_http_credentials {
+            // Reachable when a credentials directory gained a user name after start-up, or a
+            // token realm is plain http.
+            return Err(TagError::Transport(format!(
+                "{} is plain http and the gateway's credentials would go with it in clear text (--registry-plain-http-credentials allows it)",
                 origin_and_path(url)
-            )))
+            )));
         }
+        Ok(self.client(credentials))
+    }
+
+    fn client(&self, credentials: &Snapshot) -> &reqwest::Client {
+        if self.insecure || credentials.insecure {
+            &self.unverified
+        } else {
+            &self.verified
+        }
+    }
+
+    /// Whether the registry's token realm may receive the gateway's credentials: the
+    /// registry's own origin, or one the operator listed.
+    pub(super) fn trusts_realm(&self, realm: &Url) -> bool {
+        realm.origin() == self.base_url.origin()
+            || self
+                .token_realms
+                .iter()
+                .any(|trusted| trusted.origin() == realm.origin() && trusted.path() == realm.path())
+    }
+
+    /// One `GET /v2/<name>/tags/list?n=1` carrying exactly the client's `Authorization`.
+    async fn client_read(
+        &self,
+        repository: &str,
+        authorization: Option<&str>,
+    ) -> Result<bool, TagError> {
+        let url = tag_list_url(&self.base_url, repository, Some(1))?;
+        let credentials = self.credentials.current(false).await;
+        // The client's own header goes to the registry it is pushing to, which Envoy forwards it
+        // to anyway; no credential of the gateway's is sent.
+        let mut request = self.client(&credentials).get(url);
+        if let Some(value) = authorization {
+            let mut value = reqwest::header::HeaderValue::from_str(value).map_err(|_| {
+                TagError::InvalidResponse("the client's Authorization is not a header value".into())
+            })?;
+            value.set_sensitive(true);
+            request = request.header(reqwest::header::AUTHORIZATION, value);
+        }
+        let response = request.send().await.map_err(transport)?;
+        let status = response.status();
+        debug!(
+            repository,
+            status = status.as_u16(),
+            "registry client check"
+        );
+        let may = match status {
+            // 404: the repository is new; authorization happens before the handler.
+            s if s.is_success() || s == StatusCode::NOT_FOUND => true,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => false,
+            s => {
+                return Err(TagError::Status { status: s.as_u16() });
+            }
+        };
+        // Read what is left so the connection can be reused; its content does not matter.
+        let _ = read_body(response, MAX_PAGE_BYTES).await;
+        Ok(may)
     }
 }
 
@@ -301,6 +385,20 @@ impl TagSource for RegistryClient {
         tokio::time::timeout(self.timeout, self.list_all(repository))
             .await
             .unwrap_or(Err(TagError::Timeout(self.timeout)))
+    }
+
+    /// A client header that is not a valid header value is one the registry would refuse.
+    async fn client_may_read(
+        &self,
+        repository: &str,
+        authorization: Option<&str>,
+    ) -> Result<bool, TagError> {
+        match tokio::time::timeout(self.timeout, self.client_read(repository, authorization)).await
+        {
+            Ok(Err(TagError::InvalidResponse(_))) if authorization.is_some() => Ok(false),
+            Ok(result) => result,
+            Err(_) => Err(TagError::Timeout(self.timeout)),
+        }
     }
 }
 

@@ -319,27 +319,42 @@ fn credential_directories_are_read_with_trimming_and_checked() {
 
 #[test]
 fn construction_refuses_unsafe_or_meaningless_configurations() {
-    let config = |url: &str, insecure: bool, page_size: Option<u32>| RegistryConfig {
-        base_url: Url::parse(url).expect("url"),
-        credentials: Credentials::None,
-        timeout: Duration::from_secs(1),
-        insecure,
-        page_size,
+    let config =
+        |url: &str, credentials: Credentials, plain: bool, page_size: Option<u32>| RegistryConfig {
+            base_url: Url::parse(url).expect("url"),
+            credentials,
+            timeout: Duration::from_secs(1),
+            insecure: false,
+            plain_http_credentials: plain,
+            token_realms: Vec::new(),
+            page_size,
+        };
+    let user = || Credentials::Static {
+        username: "u".into(),
+        password: "p".into(),
     };
     let cases = [
-        (config("http://r.example", false, None), Some("plain http")),
-        (config("http://r.example", true, None), None),
-        (config("https://r.example", false, Some(1000)), None),
+        // Plain http with nothing to protect needs no flag (the original product's examples).
         (
-            config("https://u:p@r.example", false, None),
+            config("http://r.example", Credentials::None, false, None),
+            None,
+        ),
+        (
+            config("http://r.example", user(), false, None),
+            Some("clear text"),
+        ),
+        (config("http://r.example", user(), true, None), None),
+        (config("https://r.example", user(), false, Some(1000)), None),
+        (
+            config("https://u:p@r.example", Credentials::None, false, None),
             Some("must not contain credentials"),
         ),
         (
-            config("ftp://r.example", true, None),
+            config("ftp://r.example", Credentials::None, true, None),
             Some("`ftp` is not supported"),
         ),
         (
-            config("https://r.example", false, Some(0)),
+            config("https://r.example", Credentials::None, false, Some(0)),
             Some("at least 1"),
         ),
     ];
@@ -354,6 +369,9 @@ fn construction_refuses_unsafe_or_meaningless_configurations() {
             ),
         }
     }
+    let mut bad_realm = config("https://r.example", Credentials::None, false, None);
+    bad_realm.token_realms = vec![Url::parse("https://auth.example/token?x=1").expect("url")];
+    assert!(RegistryClient::new(bad_realm).is_err());
 }
 
 #[test]
