@@ -658,6 +658,28 @@ impl<S: TagSource> Checker<S> {
         }
     }
 
+    /// The registry's answer to a push let through unjudged because the registry had refused the
+    /// client's credentials. A 2xx means the registry accepted what the gateway was told it
+    /// would refuse: the sidecar does not see the client's real `authorization` (Envoy's
+    /// forwarding rules), or the registry lets clients push that may not read. Loud, counted,
+    /// and the tag list is read again so the count stays true.
+    pub fn observe_deferred(&self, write: &ManifestWrite, status: u16) {
+        if !(200..300).contains(&status) {
+            return;
+        }
+        tracing::error!(
+            repository = %write.repository,
+            reference = %write.reference.as_str(),
+            status,
+            "the registry stored a push whose client it had refused to the gateway; check that Envoy forwards `authorization` to the sidecar"
+        );
+        Metrics::count(&self.metrics.client_checks, "refused_but_stored");
+        self.books
+            .get(&write.repository)
+            .lock()
+            .apply(Change::Stale);
+    }
+
     /// A manifest `DELETE` the registry answered: a deleted tag frees its slot at once; a
     /// delete by digest removes tags we cannot name, so the list is read again next time.
     pub fn observe_delete(&self, write: &ManifestWrite, status: u16) {

@@ -67,6 +67,7 @@ impl<S: TagSource> ExternalProcessor for ExtProcService<S> {
             authorization: None,
             body: Vec::new(),
             ticket: None,
+            deferred: false,
             answered_response: false,
             saw_request_headers: false,
         };
@@ -86,6 +87,8 @@ struct StreamState<S> {
     body: Vec<u8>,
     /// Held from an allowed `PUT` until the registry answers; dropping it releases the slots.
     ticket: Option<Ticket>,
+    /// Let through unjudged because the registry refuses the client's credentials.
+    deferred: bool,
     /// The registry's response headers were answered: nothing more is owed to this request.
     answered_response: bool,
     saw_request_headers: bool,
@@ -214,6 +217,11 @@ impl<S: TagSource> StreamState<S> {
                 if let Some(ticket) = self.ticket.take() {
                     ticket.settle(status, &header_values(&headers, "oci-tag"));
                 }
+                if self.deferred
+                    && let Some(write) = &self.write
+                {
+                    self.checker.observe_deferred(write, status);
+                }
                 if let Some(write) = &self.write
                     && write.kind == WriteKind::Delete
                 {
@@ -257,6 +265,7 @@ impl<S: TagSource> StreamState<S> {
         let refusal = respond::render(&checked.outcome);
         if refusal.is_none() {
             self.ticket = checked.ticket;
+            self.deferred = checked.outcome == crate::check::Outcome::Defer;
         }
         refusal
     }

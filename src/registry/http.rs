@@ -7,9 +7,10 @@ use crate::check::TagError;
 
 const MAX_REDIRECTS: usize = 5;
 
+/// `insecure` accepts any TLS certificate. Plain http is allowed by both clients: whether the
+/// gateway's credentials may go with a request is decided per request (`RegistryClient::http`).
 pub(super) fn http_client(insecure: bool) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
-        .https_only(!insecure)
         .tls_danger_accept_invalid_certs(insecure)
         .redirect(same_origin_redirects())
         .user_agent(concat!("registry-gateway/", env!("CARGO_PKG_VERSION")))

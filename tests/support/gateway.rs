@@ -26,9 +26,10 @@ pub(crate) struct GatewayOptions {
     pub(crate) config: PathBuf,
     /// `--registry-url`: where the sidecar lists tags.
     pub(crate) registry_url: String,
-    /// Adds `--registry-insecure` (the sidecar refuses a plain-http registry URL without it).
-    /// [`GatewayOptions::new`] sets it for `http://` URLs, which every test registry has.
-    pub(crate) insecure: bool,
+    /// Adds `--registry-plain-http-credentials`: the sidecar sends its credentials over plain
+    /// http only with it. [`GatewayOptions::new`] sets it for `http://` URLs, which every test
+    /// registry (on loopback) has.
+    pub(crate) plain_http: bool,
     /// Appended after the standard flags (credentials, deadlines, ...).
     pub(crate) extra_args: Vec<String>,
     /// Extra environment for the child only (the test process's environment is never changed).
@@ -37,13 +38,13 @@ pub(crate) struct GatewayOptions {
 }
 
 impl GatewayOptions {
-    /// `--config <config> --registry-url <registry_url>`, plus `--registry-insecure` for an
-    /// `http://` URL; nothing else.
+    /// `--config <config> --registry-url <registry_url>`, plus
+    /// `--registry-plain-http-credentials` for an `http://` URL; nothing else.
     pub(crate) fn new(config: &Path, registry_url: &str) -> GatewayOptions {
         GatewayOptions {
             config: config.to_owned(),
             registry_url: registry_url.to_owned(),
-            insecure: registry_url.starts_with("http://"),
+            plain_http: registry_url.starts_with("http://"),
             extra_args: Vec::new(),
             env: Vec::new(),
         }
@@ -93,8 +94,8 @@ impl Gateway {
                 .arg(admin_addr.to_string())
                 .arg("--registry-url")
                 .arg(&options.registry_url);
-            if options.insecure {
-                cmd.arg("--registry-insecure");
+            if options.plain_http {
+                cmd.arg("--registry-plain-http-credentials");
             }
             cmd.args(&options.extra_args);
             for (name, _) in std::env::vars_os() {
