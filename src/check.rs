@@ -277,10 +277,18 @@ impl Books {
 }
 
 /// The registry's answers about clients' credentials, keyed by repository and a hash of the
-/// credentials (never the credentials themselves).
+/// credentials (never the credentials themselves). Concurrent decisions for one client share one
+/// question, as they share one tag-list read.
 #[derive(Debug, Default)]
 struct Standings {
-    known: Mutex<HashMap<[u8; 32], (bool, Instant)>>,
+    known: Mutex<HashMap<[u8; 32], Standing>>,
+}
+
+#[derive(Debug, Clone)]
+struct Standing {
+    /// Filled once by the first asker; an error leaves it empty for the next one to retry.
+    answer: Arc<tokio::sync::OnceCell<bool>>,
+    asked_at: Instant,
 }
 
 /// Entries kept at most; a flood of distinct credentials cannot grow memory past it.
@@ -298,24 +306,27 @@ impl Standings {
         hash.finalize().into()
     }
 
-    fn get(&self, key: &[u8; 32], now: Instant) -> Option<bool> {
-        let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        known
-            .get(key)
-            .filter(|(_, until)| now < *until)
-            .map(|(may, _)| *may)
-    }
-
-    fn put(&self, key: [u8; 32], may: bool, until: Instant) {
+    /// The cell holding (or about to hold) the answer for `key`, fresh within `ttl`.
+    fn cell(&self, key: [u8; 32], ttl: Duration) -> Arc<tokio::sync::OnceCell<bool>> {
+        let now = Instant::now();
         let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(standing) = known.get(&key)
+            && now.duration_since(standing.asked_at) < ttl
+        {
+            return standing.answer.clone();
+        }
         if known.len() >= MAX_STANDINGS {
-            let now = Instant::now();
-            known.retain(|_, (_, u)| now < *u);
+            known.retain(|_, s| now.duration_since(s.asked_at) < ttl);
             if known.len() >= MAX_STANDINGS {
                 known.clear();
             }
         }
-        known.insert(key, (may, until));
+        let standing = Standing {
+            answer: Arc::default(),
+            asked_at: now,
+        };
+        known.insert(key, standing.clone());
+        standing.answer
     }
 }
 
@@ -448,11 +459,13 @@ impl<S: TagSource> Checker<S> {
         };
         let decided = tokio::time::timeout(deadline, async {
             if acts_for_client && let Client::Asking(authorization) = client {
-                if !self
-                    .client_accepted(&write.repository, authorization)
-                    .await?
-                {
-                    return Ok(None);
+                match self.client_accepted(&write.repository, authorization).await {
+                    Ok(true) => {}
+                    Ok(false) => return Ok(None),
+                    // Size limits never need the network: with the registry unreachable, a
+                    // refusal decided without it still stands (it lets nothing through).
+                    Err(_) if matches!(evaluation, Evaluation::Done(_)) => {}
+                    Err(error) => return Err(error),
                 }
             }
             match evaluation {
@@ -490,20 +503,20 @@ impl<S: TagSource> Checker<S> {
             return Ok(true);
         }
         let key = Standings::key(repository, authorization);
-        if let Some(may) = self.standings.get(&key, Instant::now()) {
-            return Ok(may);
-        }
-        let result = self.source.client_may_read(repository, authorization).await;
-        let label = match &result {
-            Ok(true) => "accepted",
-            Ok(false) => "refused",
-            Err(e) => e.as_str(),
-        };
-        Metrics::count(&self.metrics.client_checks, label);
-        let may = result?;
-        self.standings
-            .put(key, may, Instant::now() + self.options.client_check_ttl);
-        Ok(may)
+        let cell = self.standings.cell(key, self.options.client_check_ttl);
+        let may = cell
+            .get_or_try_init(|| async {
+                let result = self.source.client_may_read(repository, authorization).await;
+                let label = match &result {
+                    Ok(true) => "accepted",
+                    Ok(false) => "refused",
+                    Err(e) => e.as_str(),
+                };
+                Metrics::count(&self.metrics.client_checks, label);
+                result
+            })
+            .await?;
+        Ok(*may)
     }
 
     async fn decide_with_tags(

@@ -982,7 +982,14 @@ async fn behind_a_token_service_the_sidecar_gets_a_bearer_token_and_enforces_the
             token_auth: Some(issuer.auth_config()),
             ..RegistryOptions::default()
         },
-        gateway_extra_args: strings(&["--registry-username", ROBOT]),
+        // The issuer listens on its own port, another origin than the registry's: realms are
+        // pinned to the registry's origin unless listed.
+        gateway_extra_args: strings(&[
+            "--registry-username",
+            ROBOT,
+            "--registry-token-realm",
+            &issuer.realm(),
+        ]),
         gateway_env: vec![(
             "REGISTRY_GATEWAY_REGISTRY_PASSWORD".to_owned(),
             SECRET.to_owned(),
@@ -1172,7 +1179,7 @@ async fn an_unreadable_tag_list_refuses_with_503_promptly_unless_configured_to_a
         let message = assert_oci_error(&reply, 503, "UNAVAILABLE", what);
         assert_contains_all(
             &message,
-            &["project-1/app", "tag list", cause],
+            &["project-1/app", "could not check the push", cause],
             &format!("{what}: the cause is named"),
         );
         assert!(
