@@ -4,8 +4,10 @@
 //! ext_authz in a mesh). Blob uploads never reach it. The crate is a pure policy core with thin
 //! adapters around it; dependencies point inward (adapters → `check` → `policy`).
 //!
-//! - [`policy`]: the pure core. Configuration shapes and validation, sizes, rules, manifest
-//!   measurement, tag books with reservations, decisions. No I/O.
+//! - [`policy`]: the pure core, the `registry-gateway-policy` crate (`crates/policy`).
+//!   Configuration shapes and validation, sizes, rules, manifest measurement, tag books with
+//!   reservations, decisions, and every message a client reads. No I/O: its manifest lists
+//!   parsing crates only.
 //! - [`config`]: reads a configuration path (file or ConfigMap directory) into texts.
 //! - [`reload`]: watches the configuration's directory and swaps policy snapshots.
 //! - [`check`]: the request path. Evaluates, fetches tags through a [`check::TagSource`],
@@ -29,7 +31,7 @@ pub mod config;
 pub mod extauthz;
 pub mod extproc;
 pub mod metrics;
-pub mod policy;
+pub use registry_gateway_policy as policy;
 pub mod preflight;
 pub mod registry;
 pub mod reload;

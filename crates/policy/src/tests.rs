@@ -1,6 +1,6 @@
 use super::*;
 
-const SEED: &str = include_str!("../../tests/fixtures/policy/valid/seed.yaml");
+const SEED: &str = include_str!("../../../tests/fixtures/policy/valid/seed.yaml");
 const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
 const INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const MB: u64 = 1024 * 1024;
@@ -241,7 +241,7 @@ fn indexes_have_no_size_of_their_own_but_tags_count() {
     let p = policy(SEED);
     let body = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/manifests/oci-index-multiarch.regclient.json"
+        "/../../tests/fixtures/manifests/oci-index-multiarch.regclient.json"
     ))
     .expect("fixture");
     assert!(
@@ -271,7 +271,7 @@ fn unmeasurable_bodies_are_refused_with_their_reason() {
     let p = policy(SEED);
     let schema1 = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/manifests/schema1-signed.busybox.json"
+        "/../../tests/fixtures/manifests/schema1-signed.busybox.json"
     ))
     .expect("fixture");
     let d = decide(

@@ -4,13 +4,19 @@ const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
 const DOCKER: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
 fn fixtures() -> Vec<serde_json::Value> {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/manifests");
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/manifests"
+    );
     let index = std::fs::read(format!("{dir}/index.json")).expect("fixture catalogue is present");
     serde_json::from_slice::<Vec<serde_json::Value>>(&index).expect("catalogue is JSON")
 }
 
 fn fixture_bytes(file: &str) -> Vec<u8> {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/manifests");
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/manifests"
+    );
     std::fs::read(format!("{dir}/{file}")).expect("fixture file is present")
 }
 

@@ -5,9 +5,9 @@
 use super::Problem;
 use super::shape::KeyValue;
 use super::yaml::{Ctx, Node, Value};
-use crate::policy::Limits;
-use crate::policy::rule::{Rule, TagFilter};
-use crate::policy::size::ByteSize;
+use crate::Limits;
+use crate::rule::{Rule, TagFilter};
+use crate::size::ByteSize;
 
 pub(super) fn size_value(
     kv: &KeyValue<'_>,

@@ -16,7 +16,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use registry_gateway::policy::{
+use registry_gateway_policy::{
     ConfigSource, Evaluation, ManifestPush, ManifestWrite, Policy, TagBook, compile,
     manifest::measure,
 };

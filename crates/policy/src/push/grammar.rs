@@ -106,7 +106,7 @@ mod tests {
             "library/nginx",
             "a.b_c__d---e/f0",
             "manifests/manifests",
-            &"a/".repeat(127).trim_end_matches('/').to_owned(),
+            "a/".repeat(127).trim_end_matches('/'),
         ] {
             assert_eq!(
                 write(&format!("/v2/{name}/manifests/v1")).grammar(),

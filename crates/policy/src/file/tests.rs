@@ -2,7 +2,7 @@ use super::*;
 
 fn fixture(kind: &str, name: &str) -> ConfigSource {
     let path = format!(
-        "{}/tests/fixtures/policy/{kind}/{name}",
+        "{}/../../tests/fixtures/policy/{kind}/{name}",
         env!("CARGO_MANIFEST_DIR")
     );
     let text = std::fs::read_to_string(&path).expect("fixture present");
@@ -98,7 +98,7 @@ fn a_rule_without_exclude_tags_inherits_the_global_list() {
 #[test]
 fn every_invalid_fixture_reports_its_fragments() {
     let dir = format!(
-        "{}/tests/fixtures/policy/invalid",
+        "{}/../../tests/fixtures/policy/invalid",
         env!("CARGO_MANIFEST_DIR")
     );
     let mut seen = 0;

@@ -1,8 +1,8 @@
 //! The policy core: configuration, measurement and decisions.
 //!
-//! This module is pure. It must not import tokio, tonic, reqwest, notify, `std::fs`, `std::net` or
-//! anything else that does I/O or keeps time; callers hand it texts, requests and tag books, and get
-//! values back. That keeps every rule testable as a table and every adapter a translation.
+//! This crate is pure, and its manifest keeps it so: it depends on parsing crates only, never on
+//! tokio, tonic, reqwest or notify, and it uses no `std::fs`, `std::net` or clock; callers hand it
+//! texts, requests and tag books, and gets values back. That keeps every rule testable as a table and every adapter a translation.
 //!
 //! A decision takes two steps, so that the network is only used when a tag count is needed:
 //! [`Policy::evaluate`] returns a final [`Decision`] or a [`TagQuery`]; the caller then locks the
