@@ -56,6 +56,14 @@ pub enum Evaluation<'p> {
     NeedTags(TagQuery<'p>),
 }
 
+/// What a shared store found and did for one decision; see [`TagQuery::conclude`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub count: usize,
+    pub new_tags: Vec<String>,
+    pub reserved: Vec<String>,
+}
+
 /// A decision waiting for the repository's tags.
 #[derive(Debug)]
 pub struct TagQuery<'p> {
@@ -191,6 +199,54 @@ impl TagQuery<'_> {
         &self.facts
     }
 
+    /// The tags this push names that count toward the limit, without repeats: what a shared
+    /// store counts and reserves for [`conclude`](Self::conclude).
+    pub fn counted_tags(&self) -> Vec<String> {
+        self.tags
+            .iter()
+            .filter(|t| self.limits.exclude_tags.counts(t))
+            .cloned()
+            .collect()
+    }
+
+    /// The limit the count is held to.
+    pub fn tag_count_limit(&self) -> u64 {
+        self.limits.tag_count_limit
+    }
+
+    /// The exclusion list in force: a store keeps one confirmed set per list, since the same
+    /// tags count differently under another.
+    pub fn exclude_tags(&self) -> &TagFilter {
+        &self.limits.exclude_tags
+    }
+
+    /// A decision a shared store made atomically by the rule of [`finish`](Self::finish): the
+    /// repository held `count` counted tags, `new_tags` of this push's counted tags were neither
+    /// confirmed nor reserved, and, when it fit, `reserved` were reserved. The verdict and the
+    /// message come from here, so every store answers in the same words.
+    pub fn conclude(self, tally: Tally) -> Decision {
+        let Self {
+            mut facts, limits, ..
+        } = self;
+        facts.tag_count = Some(tally.count);
+        facts.new_tags = tally.new_tags.len();
+        let after = tally.count as u64 + tally.new_tags.len() as u64;
+        if !tally.new_tags.is_empty() && after > limits.tag_count_limit {
+            let denial =
+                decision::tag_limit(&facts, tally.count, &tally.new_tags, limits.tag_count_limit);
+            return Decision {
+                facts,
+                verdict: Verdict::Deny(denial),
+            };
+        }
+        Decision {
+            facts,
+            verdict: Verdict::Allow {
+                reserved: tally.reserved,
+            },
+        }
+    }
+
     /// Decides against the repository's tags and, when allowed, reserves the new tags' slots in
     /// `book`. A tag the repository already holds moves and adds nothing; a tag reserved by a
     /// concurrent push shares that push's slot.
@@ -205,42 +261,33 @@ impl TagQuery<'_> {
     }
 
     fn decide(self, book: &mut TagBook, reserve: bool) -> Decision {
-        let Self {
-            mut facts,
-            limits,
-            tags,
-        } = self;
-        let filter = &limits.exclude_tags;
+        let filter = &self.limits.exclude_tags;
         let count = book.count(filter);
-        let new: Vec<String> = tags
+        let new_tags: Vec<String> = self
+            .tags
             .iter()
             .filter(|t| filter.counts(t) && !book.contains(t))
             .cloned()
             .collect();
-        facts.tag_count = Some(count);
-        facts.new_tags = new.len();
-        let after = count as u64 + new.len() as u64;
-        if !new.is_empty() && after > limits.tag_count_limit {
-            let denial = decision::tag_limit(&facts, count, &new, limits.tag_count_limit);
-            return Decision {
-                facts,
-                verdict: Verdict::Deny(denial),
-            };
-        }
+        let fits = new_tags.is_empty()
+            || count as u64 + new_tags.len() as u64 <= self.limits.tag_count_limit;
         // Reserve every counted tag not yet confirmed, including ones a concurrent push holds:
         // if that push fails, this one still holds the slot.
-        let reserved: Vec<String> = if reserve {
-            tags.into_iter()
+        let reserved: Vec<String> = if reserve && fits {
+            self.tags
+                .iter()
                 .filter(|t| filter.counts(t) && !book.is_confirmed(t))
+                .cloned()
                 .collect()
         } else {
             Vec::new()
         };
         book.reserve(&reserved);
-        Decision {
-            facts,
-            verdict: Verdict::Allow { reserved },
-        }
+        self.conclude(Tally {
+            count,
+            new_tags,
+            reserved,
+        })
     }
 }
 
