@@ -216,6 +216,12 @@ def harness_substituted(config: dict) -> dict:
     return c
 
 
+def ext_proc_filter(config: dict) -> dict:
+    hcm = hcm_of(dig(config, "static_resources", "listeners", 0, default={}))
+    f = next((f for f in hcm.get("http_filters", []) if f.get("name") == "envoy.filters.http.ext_proc"), {})
+    return f.get("typed_config", {})
+
+
 def check_common_knobs(name: str, config: dict) -> None:
     listener = dig(config, "static_resources", "listeners", 0, default={})
     hcm = hcm_of(listener)
@@ -228,6 +234,101 @@ def check_common_knobs(name: str, config: dict) -> None:
     check(dig(pt, "route", "timeout") == "0s", f"{name}: pass-through route timeout 0s (long blob uploads)")
     check(not pt.get("typed_per_filter_config") and not pt.get("request_body_buffer_limit"),
           f"{name}: pass-through route neither buffers nor calls the sidecar")
+    check(list(routes)[-1:] == ["pass-through"], f"{name}: pass-through is the last route (it matches everything)")
+    check_route_regexes(name, mw, routes.get("harbor-api-write", {}))
+
+
+# Requests that must reach the sidecar (True) or must not (False), as (method, path with query).
+MANIFEST_CASES = {
+    ("PUT", "/v2/a/manifests/v1"): True,
+    ("PUT", "/v2/a/b/c/d/e/f/g/h/i/j/manifests/v1?tag=x&tag=y"): True,
+    ("DELETE", "/v2/project-1/app/manifests/sha256:" + "0" * 64): True,
+    ("GET", "/v2/a/manifests/v1"): False,
+    ("HEAD", "/v2/a/manifests/v1"): False,
+    ("put", "/v2/a/manifests/v1"): False,
+    ("PUT", "/v2/a/blobs/uploads/uuid?digest=sha256:" + "1" * 64): False,
+    ("PATCH", "/v2/a/blobs/uploads/uuid"): False,
+    ("POST", "/v2/a/blobs/uploads/"): False,
+    ("PUT", "/v2/a/manifests/blobs/uploads/uuid"): False,
+}
+HARBOR_API_CASES = {
+    ("POST", "/api/v2.0/projects/p/repositories/app/artifacts/v1/tags"): True,
+    ("POST", "/api/v2.0/projects/p/repositories/a%252Fb/artifacts/sha256:00/tags"): True,
+    ("POST", "/api/v2.0/projects/p/repositories/app/artifacts?from=q/src:v1"): True,
+    ("POST", "/api/v2.0/projects/p/repositories/app/artifacts/"): True,
+    ("POST", "/API/v2.0/Projects/p/repositories/app/Artifacts/v1/TAGS"): True,
+    ("GET", "/api/v2.0/projects/p/repositories/app/artifacts/v1/tags"): False,
+    ("DELETE", "/api/v2.0/projects/p/repositories/app/artifacts/v1/tags/v1"): False,
+    ("POST", "/api/v2.0/projects/p/repositories/app/artifacts/v1/labels"): False,
+    ("POST", "/api/v2.0/projects"): False,
+    ("POST", "/c/login"): False,
+    ("POST", "/v2/a/blobs/uploads/"): False,
+}
+
+
+def re2_to_python(regex: str) -> re.Pattern:
+    """The RE2 subset used here ((?i), classes, groups) means the same in Python's re."""
+    return re.compile(regex)
+
+
+def route_selects(route: dict, method: str, path: str) -> bool:
+    """Whether an Envoy route with a safe_regex path and a :method header matcher selects a
+    request (the path is matched without its query string, whole, as Envoy does)."""
+    regex = dig(route, "match", "safe_regex", "regex")
+    if not regex:
+        return False
+    if not re2_to_python(regex).fullmatch(path.split("?", 1)[0]):
+        return False
+    for h in dig(route, "match", "headers", default=[]):
+        if h.get("name") == ":method":
+            sm = h.get("string_match", {})
+            if "exact" in sm and sm["exact"] != method:
+                return False
+            if "safe_regex" in sm and not re2_to_python(sm["safe_regex"]["regex"]).fullmatch(method):
+                return False
+    return True
+
+
+def check_route_regexes(name: str, manifest_route: dict, harbor_route: dict) -> None:
+    wrong = [c for c, want in MANIFEST_CASES.items() if route_selects(manifest_route, *c) != want]
+    check(not wrong, f"{name}: manifest-write selects PUT/DELETE on /v2/<name>/manifests/<ref> and nothing else"
+          + ("" if not wrong else f" (wrong for {wrong})"))
+    check(bool(harbor_route), f"{name}: has the harbor-api-write route (Harbor's REST calls that create tags)")
+    regex = dig(harbor_route, "match", "safe_regex", "regex", default="")
+    check(regex.startswith("(?i)"), f"{name}: harbor-api-write matches the path case-insensitively ((?i))")
+    wrong = [c for c, want in HARBOR_API_CASES.items() if route_selects(harbor_route, *c) != want]
+    check(not wrong, f"{name}: harbor-api-write selects POST tag creation and artifact copy only"
+          + ("" if not wrong else f" (wrong for {wrong})"))
+    check(harbor_route.get("request_body_buffer_limit") == MIB5 and dig(harbor_route, "route", "timeout") == "30s",
+          f"{name}: harbor-api-write buffers like manifest-write (5 MiB) with a 30s timeout")
+    for filter_name in ("envoy.filters.http.ext_proc", "envoy.filters.http.ext_authz"):
+        on_mw = dig(manifest_route, "typed_per_filter_config", filter_name)
+        if on_mw is not None:
+            check(dig(harbor_route, "typed_per_filter_config", filter_name) == on_mw,
+                  f"{name}: harbor-api-write enables {filter_name.rsplit('.', 1)[-1]} exactly as manifest-write does")
+    for route in (manifest_route, harbor_route):
+        check(not route.get("direct_response"), f"{name}: {route.get('name')} never answers from Envoy (every "
+              "client-visible message is the sidecar's)")
+
+
+# What the sidecar reads: request :method, :path, content-type, authorization; response :status
+# and oci-tag. Nothing else may reach it, cookies least of all.
+EXT_PROC_HEADERS = {":method", ":path", "content-type", "authorization", ":status", "oci-tag"}
+
+
+def check_forward_rules(name: str, ext_proc_config: dict) -> None:
+    """forward_rules of an ext_proc filter: exactly the headers the sidecar needs, never a cookie."""
+    rules = ext_proc_config.get("forward_rules")
+    if not check(rules is not None, f"{name}: ext_proc has forward_rules (without them Envoy sends every header)"):
+        return
+    allowed = dig(rules, "allowed_headers", "patterns", default=[])
+    exact = {p.get("exact") for p in allowed}
+    good = all(set(p) == {"exact"} for p in allowed) and exact == EXT_PROC_HEADERS
+    check(good, f"{name}: forward_rules.allowed_headers are exactly {sorted(EXT_PROC_HEADERS)} (pseudo-headers "
+          "are filtered too, so they are listed)" + ("" if good else f"; got {sorted(str(e) for e in exact)}"))
+    disallowed = {p.get("exact") for p in dig(rules, "disallowed_headers", "patterns", default=[])}
+    check("cookie" not in exact and "cookie" in disallowed,
+          f"{name}: `cookie` is never forwarded (not allowed, and explicitly disallowed)")
 
 
 def check_ext_authz(config: dict, ext_proc: dict) -> None:
@@ -315,14 +416,16 @@ POD_COPIES = {
 # Envoy inside the registry-gateway pod at Harbor's front door (deploy/kubernetes/overlays/harbor,
 # docs/harbor.md); replaces the base's ConfigMap `registry-gateway-envoy`.
 #
-#   docker/CI --> Harbor's ingress --/v2/--> Envoy --> harbor-core:80        (Harbor's /v2/ API)
-#                      |                       |
-#                      |                       +--gRPC--> 127.0.0.1:50051   (manifest writes only)
-#                      +-- everything else (UI, /api, /service/token) --> Harbor, as before
+#   docker/CI --> Harbor's ingress --/v2/, /api/--> Envoy --> harbor-core:80  (registry API, REST API)
+#                      |                              |
+#                      |                              +--gRPC--> 127.0.0.1:50051  (manifest writes,
+#                      |                                         REST calls that create tags)
+#                      +-- /service/token, /c/, the UI --> Harbor, as before
 #
-# Envoy sits where Harbor's ingress used to send `/v2/`, so it sees the client's own manifest PUT,
-# with its tag, before harbor-core rewrites it (Harbor 2.15 and later push digests to their
-# backend registry).
+# Envoy sits where Harbor's ingress used to send `/v2/` and `/api/`, so it sees the client's own
+# manifest PUT, with its tag, before harbor-core rewrites it (Harbor 2.15 and later push digests
+# to their backend registry), and refuses the REST calls that would create a tag or copy an
+# artifact around the push limits (overlays/harbor/ingress.yaml).
 """,
     },
 }
@@ -442,6 +545,7 @@ def check_pod_copies(sync: bool) -> None:
               f"{name}: upstream is {spec['registry'][0]}:{spec['registry'][1]}")
         check(dig(config, "admin", "address", "socket_address", "address") == "127.0.0.1",
               f"{name}: admin interface on loopback only")
+        check_forward_rules(name, ext_proc_filter(config))
 
 
 def check_envoy_files() -> dict:
@@ -454,6 +558,7 @@ def check_envoy_files() -> dict:
     check_harness_shape(ext_proc_path, ext_proc)
     envoy_validate(harness_substituted(ext_proc), "envoy/envoy.yaml with the test harness's loopback addresses")
     check_common_knobs("envoy/envoy.yaml", ext_proc)
+    check_forward_rules("envoy/envoy.yaml", ext_proc_filter(ext_proc))
     if ext_authz_path.exists():
         ext_authz = load_yaml(ext_authz_path)
         envoy_validate(ext_authz_path, "envoy/ext-authz.yaml")
