@@ -22,9 +22,12 @@ import copy
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -118,6 +121,61 @@ def envoy_validate(config: dict | Path, what: str) -> None:
             os.unlink(path)
     if out is not None:
         ok(f"envoy --mode validate: {what}")
+
+
+def envoy_probe(config: dict, requests: list[tuple[str, str, int, bool]], what: str) -> list[str] | None:
+    """Runs Envoy on `config` (its first listener moved to 127.0.0.1:0, admin on loopback) and sends
+    each (method, path, body bytes, chunked) with curl; returns the HTTP statuses, or None (with a
+    failure recorded) when Envoy does not start. Upstreams need not exist: what is probed is
+    Envoy's own answer."""
+    envoy = tool("ENVOY_BIN")
+    curl = shutil.which("curl")
+    if not curl:
+        print(f"    skip: {what} (no curl on this machine)")
+        return None
+    c = copy.deepcopy(config)
+    c["admin"] = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
+    c["static_resources"]["listeners"][0]["address"] = {"socket_address": {"address": "127.0.0.1", "port_value": 0}}
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg, admin_path, body = Path(tmp, "envoy.json"), Path(tmp, "admin"), Path(tmp, "body")
+        cfg.write_text(json.dumps(c), encoding="utf-8")
+        proc = subprocess.Popen([envoy, "-c", str(cfg), "--disable-hot-restart", "--concurrency", "1",
+                                 "--log-level", "warn", "--admin-address-path", str(admin_path)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            port = None
+            deadline = time.monotonic() + 20
+            while port is None and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.1)
+                if not admin_path.exists() or not admin_path.read_text().strip():
+                    continue
+                try:
+                    with urllib.request.urlopen(f"http://{admin_path.read_text().strip()}/listeners?format=json", timeout=2) as r:
+                        listeners = json.load(r).get("listener_statuses", [])
+                    port = dig(listeners, 0, "local_address", "socket_address", "port_value")
+                except OSError:
+                    pass
+            if port is None:
+                err = proc.stderr.read() if proc.poll() is not None else ""
+                fail(f"{what}: Envoy did not start\n{indent(err)}")
+                return None
+            statuses = []
+            for method, path, size, chunked in requests:
+                with open(body, "wb") as f:
+                    f.write(os.urandom(size))
+                cmd = [curl, "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "30", "-X", method,
+                       "-H", "content-type: application/octet-stream", "--data-binary", f"@{body}"]
+                if chunked:
+                    cmd += ["-H", "transfer-encoding: chunked"]
+                out = subprocess.run(cmd + [f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True)
+                statuses.append(out.stdout.strip() or "000")
+            return statuses
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def dig(obj, *keys, default=None):
@@ -918,8 +976,10 @@ def apply_listener_patches(config: dict, patches: list, what: str) -> None:
             check(dig(match, "listener", "name") == "virtualInbound" or dig(match, "context") == "GATEWAY",
                   f"{what}: the LISTENER patch targets `virtualInbound` (inbound listener patches match the "
                   "listener's own port, 15006, not 5000)")
-            check(value.get("per_connection_buffer_limit_bytes") == MIB5,
-                  f"{what}: the LISTENER patch raises per_connection_buffer_limit_bytes to 5 MiB (Istio keeps 1 MiB)")
+            check(isinstance(value.get("per_connection_buffer_limit_bytes"), int)
+                  and value["per_connection_buffer_limit_bytes"] >= MIB5,
+                  f"{what}: the LISTENER patch raises per_connection_buffer_limit_bytes to at least 5 MiB "
+                  "(Istio keeps 1 MiB)")
             merge(listener, value)
         elif p.get("applyTo") == "NETWORK_FILTER" and op == "MERGE":
             check(value.get("name") == "envoy.filters.network.http_connection_manager",
@@ -1024,6 +1084,110 @@ def istio_template_match(template: str, path: str) -> bool:
     return re.fullmatch("/".join(parts), path) is not None
 
 
+def istio_path_match(pattern: str, path: str) -> bool:
+    """An AuthorizationPolicy `paths` entry against a request path (query excluded): exact,
+    prefix (`/a/*`), suffix (`*/a`), presence (`*`), or a {*}/{**} template."""
+    path = path.split("?", 1)[0]
+    if "{*}" in pattern or "{**}" in pattern:
+        return istio_template_match(pattern, path)
+    if pattern == "*":
+        return True
+    if pattern.endswith("*"):
+        return path.startswith(pattern[:-1])
+    if pattern.startswith("*"):
+        return path.endswith(pattern[1:])
+    return path == pattern
+
+
+def custom_rules_call(spec: dict, method: str, path: str, content_type: str = "") -> bool:
+    """Whether a CUSTOM policy's rules send a request to the provider (rules are ORed; within a
+    rule every field must match)."""
+    for rule in spec.get("rules", []) or [{}]:
+        ops = [dig(t, "operation", default={}) for t in rule.get("to", [])] or [{}]
+        matched = False
+        for o in ops:
+            if o.get("methods") and method not in o["methods"]:
+                continue
+            if o.get("notMethods") and method in o["notMethods"]:
+                continue
+            if o.get("paths") and not any(istio_path_match(t, path) for t in o["paths"]):
+                continue
+            if o.get("notPaths") and any(istio_path_match(t, path) for t in o["notPaths"]):
+                continue
+            matched = True
+        if not matched:
+            continue
+        when_ok = True
+        for w in rule.get("when", []):
+            if w.get("key") == "request.headers[content-type]":
+                when_ok &= any(istio_path_match(v, content_type) for v in w.get("values", []))
+            else:
+                when_ok = False  # any other condition narrows the rule in ways not modelled here
+        if when_ok:
+            return True
+    return False
+
+
+OCI = "application/vnd.oci.image.manifest.v1+json"
+# (method, path, content-type): must the CUSTOM rules call the sidecar?
+CUSTOM_CASES = {
+    ("PUT", "/v2/project-1/app/manifests/v1", OCI): True,
+    ("PUT", "/v2/a/b/c/d/e/f/g/h/i/j/k/manifests/v1?tag=x", OCI): True,
+    ("PUT", "/v2/project-1/app/manifests/v1", "Application/VND.OCI.Image.Manifest.v1+JSON"): True,
+    ("PUT", "/v2/project-1/app/manifests/v1", ""): True,
+    ("DELETE", "/v2/a/b/c/d/e/f/g/h/i/j/k/manifests/sha256:" + "0" * 64, ""): True,
+    ("POST", "/api/v2.0/projects/p/repositories/app/artifacts/v1/tags", "application/json"): True,
+    ("POST", "/api/v2.0/projects/p/repositories/a%252Fb/artifacts?from=q/src:v1", "application/json"): True,
+    # A monolithic blob PUT matches by design (its body arrives partial; the sidecar allows it).
+    ("PUT", "/v2/project-1/app/blobs/uploads/uuid?digest=sha256:" + "1" * 64, "application/octet-stream"): True,
+    ("PATCH", "/v2/project-1/app/blobs/uploads/uuid", "application/octet-stream"): False,
+    ("POST", "/v2/project-1/app/blobs/uploads/", ""): False,
+    ("POST", "/v2/project-1/app/blobs/uploads/?digest=sha256:" + "1" * 64, "application/octet-stream"): False,
+    ("GET", "/v2/project-1/app/manifests/v1", ""): False,
+    ("HEAD", "/v2/project-1/app/blobs/sha256:" + "2" * 64, ""): False,
+    ("GET", "/api/v2.0/projects/p/repositories/app/artifacts", ""): False,
+}
+
+
+def check_custom_policy(name: str, spec: dict, provider_name: str | None) -> None:
+    """The CUSTOM policy of options B and ambient: PUT/DELETE everywhere, POST under /api/."""
+    check(spec.get("action") == "CUSTOM", f"{name}: action CUSTOM")
+    check(dig(spec, "provider", "name") == provider_name,
+          f"{name}: the policy's provider is the one defined ({provider_name}); a wrong name turns into deny rules")
+    rules = spec.get("rules", [])
+    def shape(rule: dict) -> tuple:
+        ops = [dig(t, "operation", default={}) for t in rule.get("to", [])]
+        extra = set(rule) - {"to"}
+        return (tuple(sorted(extra)), tuple(tuple(sorted((k, tuple(v)) for k, v in o.items())) for o in ops))
+    shapes = {shape(r) for r in rules}
+    put_delete = ((), ((("methods", ("PUT", "DELETE")),),))
+    put_delete_swapped = ((), ((("methods", ("DELETE", "PUT")),),))
+    post_api = ((), ((("methods", ("POST",)), ("paths", ("/api/*",))),))
+    check(len(rules) == 2 and bool({put_delete, put_delete_swapped} & shapes),
+          f"{name}: a rule for methods PUT and DELETE with no path, host, source or condition (any depth, any "
+          "Content-Type)")
+    check(post_api in shapes, f"{name}: a rule for method POST on paths `/api/*` only (Harbor's REST API)")
+    wrong = [c for c, want in CUSTOM_CASES.items() if custom_rules_call(spec, *c) != want]
+    check(not wrong, f"{name}: the rules call the sidecar for every manifest write and Harbor API POST, never for "
+          "PATCH uploads, /v2/ POSTs or pulls" + ("" if not wrong else f" (wrong for {wrong})"))
+
+
+def check_provider_fields(name: str, g: dict) -> dict:
+    body = g.get("includeRequestBodyInCheck", {})
+    check(isinstance(body.get("maxRequestBytes"), int) and body["maxRequestBytes"] >= MIB5,
+          f"{name}: includeRequestBodyInCheck.maxRequestBytes >= 5 MiB ({body.get('maxRequestBytes')}): every "
+          "manifest a registry accepts arrives whole")
+    check(body.get("allowPartialMessage") is True,
+          f"{name}: includeRequestBodyInCheck.allowPartialMessage true (blob PUTs are matched: never a 413)")
+    check(body.get("packAsBytes") is True, f"{name}: includeRequestBodyInCheck.packAsBytes true (raw_body)")
+    check(g.get("failOpen") is False, f"{name}: failOpen false")
+    check(g.get("statusOnError") == "503", f'{name}: statusOnError "503" (a string)')
+    check(duration_seconds(g.get("timeout")) is not None and duration_seconds(g.get("timeout")) <= 10,
+          f"{name}: an explicit timeout ({g.get('timeout')}; Istio's default is 600s)")
+    check(g.get("port") == SIDECAR_GRPC_PORT, f"{name}: provider port {SIDECAR_GRPC_PORT}")
+    return body
+
+
 def check_ext_authz_provider(path: Path) -> None:
     name = rel(path)
     docs = load_all(path.read_text(encoding="utf-8"))
@@ -1036,70 +1200,14 @@ def check_ext_authz_provider(path: Path) -> None:
     if not check(provider is not None, f"{name}: an envoyExtAuthzGrpc extension provider"):
         return
     g = provider["envoyExtAuthzGrpc"]
-    body = g.get("includeRequestBodyInCheck", {})
-    check(body.get("maxRequestBytes") == MIB5 and body.get("packAsBytes") is True and body.get("allowPartialMessage") is False,
-          f"{name}: includeRequestBodyInCheck {{maxRequestBytes: 5242880, packAsBytes: true, allowPartialMessage: false}}")
-    check(g.get("failOpen") is False, f"{name}: failOpen false")
-    check(g.get("statusOnError") == "503", f'{name}: statusOnError "503" (a string)')
-    check(duration_seconds(g.get("timeout")) is not None and duration_seconds(g.get("timeout")) <= 10,
-          f"{name}: an explicit timeout ({g.get('timeout')}; Istio's default is 600s)")
-    check(g.get("port") == SIDECAR_GRPC_PORT, f"{name}: provider port {SIDECAR_GRPC_PORT}")
+    body = check_provider_fields(name, g)
 
     policies = [d for d in docs if d.get("kind") == "AuthorizationPolicy"]
     check(len(policies) == 1, f"{name}: one AuthorizationPolicy")
     for pol in policies:
         spec = pol.get("spec", {})
-        check(spec.get("action") == "CUSTOM", f"{name}: action CUSTOM")
-        check(dig(spec, "provider", "name") == provider.get("name"),
-              f"{name}: the policy's provider is the one defined ({provider.get('name')}); a wrong name turns into deny rules")
         check(bool(dig(spec, "selector", "matchLabels")), f"{name}: the policy selects the registry's pods")
-        # Which sample requests would call the sidecar (and so have their body buffered)?
-        def called(method: str, p: str, content_type: str) -> bool:
-            for rule in spec.get("rules", []):
-                ops = [dig(t, "operation", default={}) for t in rule.get("to", [])] or [{}]
-                ok_to = False
-                for o in ops:
-                    if o.get("methods") and method not in o["methods"]:
-                        continue
-                    if o.get("paths") and not any(istio_template_match(t, p) for t in o["paths"]):
-                        continue
-                    ok_to = True
-                if not ok_to:
-                    continue
-                ok_when = True
-                for w in rule.get("when", []):
-                    if w.get("key") == "request.headers[content-type]":
-                        vals = w.get("values", [])
-                        ok_when &= any(content_type.startswith(v[:-1]) if v.endswith("*") else content_type == v for v in vals)
-                if ok_when:
-                    return True
-            return False
-
-        for rule in spec.get("rules", []):
-            for t in rule.get("to", []):
-                o = t.get("operation", {})
-                check(set(o.get("methods", [])) <= {"PUT", "DELETE"} and o.get("methods"),
-                      f"{name}: rule methods {o.get('methods')} are within PUT/DELETE")
-                for p in o.get("paths", []):
-                    check(istio_template_valid(p), f"{name}: `{p}` is a valid Istio path template")
-        oci = "application/vnd.oci.image.manifest.v1+json"
-        manifest_cases = [("PUT", "/v2/project-1/app/manifests/v1", oci),
-                          ("PUT", "/v2/a/b/c/d/e/f/g/h/i/manifests/v1", oci + "; charset=utf-8"),
-                          ("PUT", "/v2/project-1/app/manifests/v1", "application/vnd.docker.distribution.manifest.v2+json"),
-                          ("PUT", "/v2/project-1/app/manifests/v1", "Application/VND.oci.image.manifest.v1+json"),
-                          ("DELETE", "/v2/project-1/app/manifests/sha256:" + "0" * 64, ""),
-                          ("PUT", "/v2/project-2/big-image/x/manifests/v1", "")]
-        missed = [c for c in manifest_cases if not called(*c)]
-        check(not missed, f"{name}: manifest writes call the sidecar" + ("" if not missed else f" (not: {missed})"))
-        uploads = [("PUT", "/v2/project-1/app/blobs/uploads/uuid", "application/octet-stream"),
-                   ("PATCH", "/v2/project-1/app/blobs/uploads/uuid", "application/octet-stream"),
-                   ("POST", "/v2/project-1/app/blobs/uploads/", ""),
-                   ("PUT", "/v2/a/manifests/blobs/uploads/uuid", ""),
-                   ("GET", "/v2/project-1/app/manifests/v1", ""),
-                   ("DELETE", "/v2/project-1/app/blobs/sha256:" + "0" * 64, "")]
-        hit = [c for c in uploads if called(*c)]
-        check(not hit, f"{name}: blob uploads and pulls never call the sidecar (never buffered)"
-              + ("" if not hit else f" (but: {hit})"))
+        check_custom_policy(name, spec, provider.get("name"))
 
     # What Istio generates from the provider, plus the EnvoyFilter's patches, validated by Envoy.
     authz = {
@@ -1128,8 +1236,33 @@ def check_ext_authz_provider(path: Path) -> None:
     efs = [d for d in docs if d.get("kind") == "EnvoyFilter"]
     patches = [p for ef in efs for p in dig(ef, "spec", "configPatches", default=[])]
     check(any(p.get("applyTo") == "LISTENER" for p in patches), f"{name}: has the LISTENER buffer-limit patch")
+    unpatched = copy.deepcopy(config)
     apply_listener_patches(config, patches, name)
     envoy_validate(config, f"{name} (the ext_authz filter Istio generates, with the patches applied)")
+    listener_buffer = dig(config, "static_resources", "listeners", 0, "per_connection_buffer_limit_bytes", default=0)
+    check(listener_buffer >= body.get("maxRequestBytes", 0),
+          f"{name}: the listener buffer ({listener_buffer}) holds maxRequestBytes ({body.get('maxRequestBytes')}); "
+          "a smaller one answers 413 to every larger body")
+    probe_partial_body(name, config, unpatched)
+
+
+def probe_partial_body(name: str, config: dict, unpatched: dict | None) -> None:
+    """A real Envoy with this ext_authz filter: a 20 MiB blob PUT (sized and chunked) must reach
+    the check (no sidecar here: 503 from status_on_error), never a 413 from Envoy."""
+    big = 20 * 1024 * 1024
+    reqs = [("PUT", "/v2/project-1/app/blobs/uploads/uuid?digest=sha256:" + "1" * 64, big, False),
+            ("PUT", "/v2/project-1/app/blobs/uploads/uuid?digest=sha256:" + "1" * 64, big, True),
+            ("PUT", "/v2/project-1/app/manifests/v1", 3 * 1024 * 1024, False)]
+    statuses = envoy_probe(config, reqs, f"{name}: live Envoy probe")
+    if statuses is not None:
+        check("413" not in statuses and all(st == "503" for st in statuses),
+              f"{name}: with a real Envoy, 20 MiB blob PUTs (sized and chunked) and a 3 MiB manifest reach the check "
+              f"(503: no sidecar here), never 413 (got {statuses})")
+    if unpatched is not None:
+        control = envoy_probe(unpatched, reqs[:1], f"{name}: live Envoy probe without the buffer patch")
+        if control is not None:
+            print(f"    note: without the LISTENER buffer patch the same 20 MiB PUT gets {control[0]} "
+                  "(why the patch is needed)")
 
 
 def check_istio() -> None:
