@@ -36,6 +36,8 @@ pub enum AppError {
     },
     #[error("registry client: {0}")]
     Registry(String),
+    #[error("shared state: {0}")]
+    State(#[from] crate::shared::StateError),
     #[error("gRPC reflection: {0}")]
     Reflection(String),
     #[error("gRPC server failed: {0}")]
@@ -88,12 +90,39 @@ pub async fn run(args: ServeArgs) -> Result<(), AppError> {
         client_check: args.client_check == ClientCheck::Registry,
         client_check_ttl: args.client_check_ttl,
     };
-    let checker = Arc::new(Checker::new(
-        registry,
-        policy.clone(),
-        options,
-        metrics.clone(),
-    ));
+    let read_secret = |path: &Option<std::path::PathBuf>| -> Result<Option<String>, AppError> {
+        path.as_ref()
+            .map(|p| {
+                std::fs::read_to_string(p)
+                    .map(|text| text.trim_end_matches(['\r', '\n']).to_owned())
+                    .map_err(|source| crate::shared::StateError::Credentials {
+                        path: p.display().to_string(),
+                        source,
+                    })
+            })
+            .transpose()
+            .map_err(AppError::from)
+    };
+    let state_url = crate::shared::StateUrl::parse(
+        &args.state,
+        read_secret(&args.state_username_file)?.as_deref(),
+        read_secret(&args.state_password_file)?.as_deref(),
+    )?;
+    let shared = crate::shared::SharedBooks::connect(
+        &state_url,
+        crate::shared::SharedOptions {
+            lease: args.state_lease,
+            timeout: args.state_timeout,
+        },
+    )
+    .await?;
+    tracing::info!(state = ?state_url, "tag books");
+    if let Some(shared) = &shared {
+        shared.spawn_identity_watch();
+    }
+    let checker = Arc::new(
+        Checker::new(registry, policy.clone(), options, metrics.clone()).with_shared(shared),
+    );
 
     let grpc_listener = TcpListener::bind(args.grpc_listen)
         .await

@@ -18,6 +18,9 @@ pub enum TagError {
     Transport(String),
     #[error("the registry's tag list could not be read: {0}")]
     InvalidResponse(String),
+    /// The shared state store (Redis/Valkey) could not be asked.
+    #[error("{0}")]
+    Store(crate::shared::StoreError),
 }
 
 impl TagError {
@@ -33,6 +36,14 @@ impl TagError {
             Self::InvalidResponse(_) => {
                 "the registry sent an answer that could not be read".to_owned()
             }
+            Self::Store(crate::shared::StoreError::Timeout(d)) => {
+                format!(
+                    "the gateway's shared state store (Redis/Valkey) did not answer within {d:?}"
+                )
+            }
+            Self::Store(crate::shared::StoreError::Failed(_)) => {
+                "the gateway's shared state store (Redis/Valkey) could not be reached".to_owned()
+            }
         }
     }
 
@@ -44,6 +55,7 @@ impl TagError {
             Self::Status { .. } => "status",
             Self::Transport(_) => "transport",
             Self::InvalidResponse(_) => "invalid_response",
+            Self::Store(_) => "state_store",
         }
     }
 }
@@ -72,6 +84,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
+
+use crate::shared::{Begin, Decided, RepoKeys, Settle, SharedBooks};
 use tokio::time::Instant;
 
 use crate::metrics::{DecisionLabels, Metrics};
@@ -334,6 +348,8 @@ impl Standings {
 pub struct Checker<S> {
     source: S,
     books: Arc<Books>,
+    /// Tag books in Redis/Valkey, shared by every replica; `None` keeps them in this process.
+    shared: Option<Arc<SharedBooks>>,
     standings: Standings,
     policy: watch::Receiver<Arc<Snapshot>>,
     options: CheckOptions,
@@ -351,11 +367,18 @@ impl<S: TagSource> Checker<S> {
         Self {
             source,
             books: Arc::default(),
+            shared: None,
             standings: Standings::default(),
             policy,
             options,
             metrics,
         }
+    }
+
+    /// Keeps tag books in a shared store instead of this process.
+    pub fn with_shared(mut self, shared: Option<Arc<SharedBooks>>) -> Self {
+        self.shared = shared;
+        self
     }
 
     /// The configuration in force.
@@ -470,17 +493,24 @@ impl<S: TagSource> Checker<S> {
             }
             match evaluation {
                 Evaluation::Done(decision) => Ok(Some((decision, None))),
-                Evaluation::NeedTags(query) => {
-                    let repo = self.books.get(&write.repository);
-                    let decision = self.decide_with_tags(&repo, query, slots).await?;
-                    Ok(Some((decision, Some(repo))))
-                }
+                Evaluation::NeedTags(query) => match &self.shared {
+                    Some(shared) => {
+                        let (decision, lease) =
+                            self.decide_shared(shared, query, slots, transport).await?;
+                        Ok(Some((decision, Some(Backing::Shared(Box::new(lease))))))
+                    }
+                    None => {
+                        let repo = self.books.get(&write.repository);
+                        let decision = self.decide_with_tags(&repo, query, slots).await?;
+                        Ok(Some((decision, Some(Backing::Memory(repo)))))
+                    }
+                },
             }
         })
         .await
         .unwrap_or(Err(TagError::Timeout(deadline)));
         let checked = match decided {
-            Ok(Some((decision, repo))) => self.settle_decision(decision, write, repo, slots),
+            Ok(Some((decision, backing))) => self.settle_decision(decision, write, backing, slots),
             Ok(None) => Checked {
                 outcome: Outcome::Defer,
                 facts,
@@ -517,6 +547,81 @@ impl<S: TagSource> Checker<S> {
             })
             .await?;
         Ok(*may)
+    }
+
+    /// A decision on the shared store: one script call with a warm cache; when the store says
+    /// the list must be read, one replica reads it for all while the others wait.
+    async fn decide_shared(
+        &self,
+        shared: &Arc<SharedBooks>,
+        query: crate::policy::TagQuery<'_>,
+        slots: Slots,
+        transport: Transport,
+    ) -> Result<(Decision, SharedLease), TagError> {
+        let repository = query.repository().to_owned();
+        let filter = query.exclude_tags().clone();
+        let keys = RepoKeys::new(&repository, &filter);
+        let tags = query.counted_tags();
+        let lease = shared.lease_id();
+        // ext_authz never sees the registry's answer: the lease is its reservation TTL.
+        let hold = match transport {
+            Transport::ExtAuthz => self.options.reservation_ttl,
+            _ => shared.options().lease,
+        };
+        let ttl = self.options.tag_cache_ttl;
+        let reserve = slots == Slots::Reserve;
+        let store = TagError::Store;
+        loop {
+            let decided = shared
+                .decide(
+                    &keys,
+                    &tags,
+                    query.tag_count_limit(),
+                    ttl,
+                    hold,
+                    &lease,
+                    reserve,
+                )
+                .await
+                .map_err(store)?;
+            match decided {
+                Decided::Tally { tally, .. } => {
+                    let lease = SharedLease {
+                        books: shared.clone(),
+                        keys,
+                        id: lease,
+                        filter,
+                    };
+                    return Ok((query.conclude(tally), lease));
+                }
+                Decided::Cold(reads) => {
+                    let lock = self.options.decision_timeout + Duration::from_secs(1);
+                    match shared
+                        .begin_read(&keys, lock, &reads)
+                        .await
+                        .map_err(store)?
+                    {
+                        Begin::Read => {}
+                        Begin::Decide => continue,
+                        Begin::Wait => {
+                            // Another replica is reading the list: wait for its result.
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    }
+                    let started = SharedBooks::now_ms();
+                    let listed = self.source.list_tags(&repository).await;
+                    let label = listed.as_ref().map_or_else(TagError::as_str, |_| "ok");
+                    Metrics::count(&self.metrics.registry_calls, label);
+                    let counted: Vec<String> =
+                        listed?.into_iter().filter(|t| filter.counts(t)).collect();
+                    shared
+                        .complete_read(&keys, started, ttl, &counted)
+                        .await
+                        .map_err(store)?;
+                }
+            }
+        }
     }
 
     async fn decide_with_tags(
@@ -575,7 +680,7 @@ impl<S: TagSource> Checker<S> {
         &self,
         decision: Decision,
         write: &ManifestWrite,
-        repo: Option<Arc<Repo>>,
+        backing: Option<Backing>,
         slots: Slots,
     ) -> Checked {
         let Decision { facts, verdict } = decision;
@@ -588,7 +693,7 @@ impl<S: TagSource> Checker<S> {
             Verdict::Allow { reserved } => {
                 // A dry run reserved nothing and has no registry answer to follow.
                 let ticket = (slots == Slots::Reserve).then(|| Ticket {
-                    repo: repo.unwrap_or_else(|| self.books.get(&write.repository)),
+                    backing: backing.unwrap_or_else(|| self.backing_for(&write.repository)),
                     tags: write.tags(),
                     reference_tag: write.reference.tag().map(str::to_owned),
                     reserved,
@@ -687,16 +792,68 @@ impl<S: TagSource> Checker<S> {
             "the registry stored a push whose client it had refused to the gateway; check that Envoy forwards `authorization` to the sidecar"
         );
         Metrics::count(&self.metrics.client_checks, "refused_but_stored");
+        if self.shared.is_some() {
+            self.shared_change(&write.repository, Change::Stale);
+            return;
+        }
         self.books
             .get(&write.repository)
             .lock()
             .apply(Change::Stale);
     }
 
+    /// The exclusion list that applies to `repository` now.
+    fn filter_for(&self, repository: &str) -> crate::policy::TagFilter {
+        let snapshot = self.snapshot();
+        snapshot
+            .policy
+            .limits_for(repository)
+            .1
+            .exclude_tags
+            .clone()
+    }
+
+    /// A change seen in the registry, written to the shared store without waiting.
+    fn shared_change(&self, repository: &str, change: Change) {
+        let Some(shared) = &self.shared else { return };
+        let filter = self.filter_for(repository);
+        let keys = RepoKeys::new(repository, &filter);
+        let (op, tags) = match change {
+            Change::Confirm(tag) => (Settle::Commit, vec![tag]),
+            Change::Remove(tag) => (Settle::Remove, vec![tag]),
+            Change::Stale => (Settle::Stale, Vec::new()),
+        };
+        shared.settle_later(keys, op, String::new(), Vec::new(), tags);
+    }
+
+    /// Where an admitted push that needed no count keeps its (empty) reservation.
+    fn backing_for(&self, repository: &str) -> Backing {
+        match &self.shared {
+            Some(shared) => {
+                let filter = self.filter_for(repository);
+                Backing::Shared(Box::new(SharedLease {
+                    books: shared.clone(),
+                    keys: RepoKeys::new(repository, &filter),
+                    id: shared.lease_id(),
+                    filter,
+                }))
+            }
+            None => Backing::Memory(self.books.get(repository)),
+        }
+    }
+
     /// A manifest `DELETE` the registry answered: a deleted tag frees its slot at once; a
     /// delete by digest removes tags we cannot name, so the list is read again next time.
     pub fn observe_delete(&self, write: &ManifestWrite, status: u16) {
         if !(200..300).contains(&status) {
+            return;
+        }
+        if self.shared.is_some() {
+            let change = match &write.reference {
+                Reference::Tag(tag) => Change::Remove(tag.clone()),
+                Reference::Digest(_) => Change::Stale,
+            };
+            self.shared_change(&write.repository, change);
             return;
         }
         let Some(repo) = self.books.existing(&write.repository) else {
@@ -714,6 +871,20 @@ impl<S: TagSource> Checker<S> {
     /// It is marked again after `reservation_ttl`, in case a read in between saw the list from
     /// before the delete landed.
     pub fn observe_unconfirmed_delete(&self, write: &ManifestWrite) {
+        if self.shared.is_some() {
+            self.shared_change(&write.repository, Change::Stale);
+            let ttl = self.options.reservation_ttl;
+            let (shared, repository) = (self.shared.clone(), write.repository.clone());
+            let filter = self.filter_for(&repository);
+            tokio::spawn(async move {
+                tokio::time::sleep(ttl).await;
+                if let Some(shared) = shared {
+                    let keys = RepoKeys::new(&repository, &filter);
+                    shared.settle_later(keys, Settle::Stale, String::new(), Vec::new(), Vec::new());
+                }
+            });
+            return;
+        }
         let Some(repo) = self.books.existing(&write.repository) else {
             return;
         };
@@ -734,14 +905,37 @@ impl<S: TagSource> Checker<S> {
     }
 }
 
+/// Where an admitted push's slots are held.
+#[derive(Debug)]
+enum Backing {
+    Memory(Arc<Repo>),
+    Shared(Box<SharedLease>),
+}
+
+/// A lease in the shared store: its keys, its id, and the exclusion list it was decided under.
+#[derive(Debug)]
+struct SharedLease {
+    books: Arc<SharedBooks>,
+    keys: RepoKeys,
+    id: String,
+    filter: crate::policy::TagFilter,
+}
+
+impl SharedLease {
+    fn settle(&self, op: Settle, reserved: Vec<String>, tags: Vec<String>) {
+        let tags = tags.into_iter().filter(|t| self.filter.counts(t)).collect();
+        self.books
+            .settle_later(self.keys.clone(), op, self.id.clone(), reserved, tags);
+    }
+}
+
 /// The bookkeeping of one admitted push, settled by the registry's answer.
 ///
-/// Dropping an unsettled ticket releases its reservations and makes the next decision re-read the
-/// repository's tags: a stream that ends without a response never leaves a slot taken, and a push
-/// the registry stored without us seeing the answer is still counted.
+/// Dropping an unsettled ticket holds its slots in doubt until a tag-list read shows whether the
+/// push landed: a stream that ends without the registry's answer may still have stored it.
 #[derive(Debug)]
 pub struct Ticket {
-    repo: Arc<Repo>,
+    backing: Backing,
     /// Every tag the push names.
     tags: Vec<String>,
     reference_tag: Option<String>,
@@ -764,44 +958,66 @@ impl Ticket {
     /// registry stored the manifest, so its slots stay held until the tag list shows the truth.
     pub fn settle(mut self, status: u16, oci_tags: &[String]) {
         self.settled = true;
-        let mut state = self.repo.lock();
-        if !(200..500).contains(&status) {
-            state.doubt(&self.reserved);
-            if !self.reserved.is_empty() {
-                Metrics::count(&self.metrics.reservations, "in_doubt");
+        let reserved = std::mem::take(&mut self.reserved);
+        let counted = |label| {
+            if !reserved.is_empty() {
+                Metrics::count(&self.metrics.reservations, label);
             }
+        };
+        if !(200..500).contains(&status) {
+            counted("in_doubt");
+            self.hold_in_doubt(reserved);
             return;
         }
         if !(200..300).contains(&status) {
-            for tag in &self.reserved {
-                state.book.release(tag);
-            }
-            if !self.reserved.is_empty() {
-                Metrics::count(&self.metrics.reservations, "released");
+            counted("released");
+            match &self.backing {
+                Backing::Memory(repo) => {
+                    let mut state = repo.lock();
+                    for tag in &reserved {
+                        state.book.release(tag);
+                    }
+                }
+                Backing::Shared(lease) => lease.settle(Settle::Release, reserved, Vec::new()),
             }
             return;
         }
+        counted("committed");
         // A registry that implements `?tag=` echoes what it created, and every tag it says it
         // created counts, named in our request or not; one that does not creates only the
         // reference's tag.
-        let created: Vec<&str> = if oci_tags.is_empty() {
-            self.reference_tag.iter().map(String::as_str).collect()
+        let created: Vec<String> = if oci_tags.is_empty() {
+            self.reference_tag.iter().cloned().collect()
         } else {
             oci_tags
                 .iter()
                 .flat_map(|v| v.split(','))
                 .map(str::trim)
                 .filter(|t| !t.is_empty())
+                .map(str::to_owned)
                 .collect()
         };
-        for tag in &self.reserved {
-            state.book.release(tag);
+        match &self.backing {
+            Backing::Memory(repo) => {
+                let mut state = repo.lock();
+                for tag in &reserved {
+                    state.book.release(tag);
+                }
+                for tag in created {
+                    state.apply(Change::Confirm(tag));
+                }
+            }
+            Backing::Shared(lease) => lease.settle(Settle::Commit, reserved, created),
         }
-        for tag in created {
-            state.apply(Change::Confirm(tag.to_owned()));
-        }
-        if !self.reserved.is_empty() {
-            Metrics::count(&self.metrics.reservations, "committed");
+    }
+
+    fn hold_in_doubt(&self, reserved: Vec<String>) {
+        match &self.backing {
+            Backing::Memory(repo) => repo.lock().doubt(&reserved),
+            Backing::Shared(lease) if !reserved.is_empty() => {
+                lease.settle(Settle::Doubt, reserved, Vec::new());
+            }
+            Backing::Shared(_) => {}
         }
     }
 
@@ -812,7 +1028,11 @@ impl Ticket {
         if self.reserved.is_empty() && self.tags.is_empty() {
             return;
         }
-        let repo = self.repo.clone();
+        let Backing::Memory(repo) = &self.backing else {
+            // The lease was taken for `ttl`; its expiry calls for the read by itself.
+            return;
+        };
+        let repo = repo.clone();
         let reserved = std::mem::take(&mut self.reserved);
         let metrics = self.metrics.clone();
         let has_tags = !self.tags.is_empty();
@@ -840,11 +1060,11 @@ impl Drop for Ticket {
         // The request ended without the registry's answer (the client hung up, Envoy reset the
         // stream): the registry may still have stored the manifest. Freeing the slot now would let
         // a concurrent push overshoot, so it is held until a tag-list read shows the truth.
-        let mut state = self.repo.lock();
-        state.doubt(&self.reserved);
-        if !self.reserved.is_empty() {
+        let reserved = std::mem::take(&mut self.reserved);
+        if !reserved.is_empty() {
             Metrics::count(&self.metrics.reservations, "in_doubt");
         }
+        self.hold_in_doubt(reserved);
     }
 }
 

@@ -158,6 +158,30 @@ pub struct ServeArgs {
     /// tag list is read again to learn whether the push landed.
     #[arg(long, env = "REGISTRY_GATEWAY_RESERVATION_TTL", default_value = "30s", value_parser = parse_duration)]
     pub reservation_ttl: Duration,
+    /// Where tag books live: `memory` (one replica only), `redis://[user:password@]host:port[/db]`
+    /// or `rediss://…` (a standalone Redis or Valkey, TLS with `rediss`), or
+    /// `redis-cluster://host:port[,host:port…]` (a Redis or Valkey Cluster). Exact at any replica
+    /// count with a store.
+    #[arg(
+        long,
+        env = "REGISTRY_GATEWAY_STATE",
+        default_value = "memory",
+        hide_env_values = true
+    )]
+    pub state: String,
+    /// A file holding the store's user name (a mounted Secret); overrides the URL's.
+    #[arg(long, env = "REGISTRY_GATEWAY_STATE_USERNAME_FILE")]
+    pub state_username_file: Option<PathBuf>,
+    /// A file holding the store's password (a mounted Secret); overrides the URL's.
+    #[arg(long, env = "REGISTRY_GATEWAY_STATE_PASSWORD_FILE")]
+    pub state_password_file: Option<PathBuf>,
+    /// How long an unsettled reservation holds its slot in the store (a replica that died
+    /// mid-push); its expiry also makes the next decision read the tag list again.
+    #[arg(long, env = "REGISTRY_GATEWAY_STATE_LEASE", default_value = "30s", value_parser = parse_duration)]
+    pub state_lease: Duration,
+    /// Deadline for one call to the store.
+    #[arg(long, env = "REGISTRY_GATEWAY_STATE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub state_timeout: Duration,
     /// Page size for tag lists (`n`); unset asks for everything in one response.
     #[arg(long, env = "REGISTRY_GATEWAY_TAG_PAGE_SIZE")]
     pub tag_page_size: Option<u32>,

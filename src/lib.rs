@@ -36,4 +36,5 @@ pub mod preflight;
 pub mod registry;
 pub mod reload;
 pub mod respond;
+pub mod shared;
 pub mod telemetry;
