@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -308,6 +309,9 @@ MANIFEST_CASES = {
     ("PATCH", "/v2/a/blobs/uploads/uuid"): False,
     ("POST", "/v2/a/blobs/uploads/"): False,
     ("PUT", "/v2/a/manifests/blobs/uploads/uuid"): False,
+    ("PUT", "/v2/manifests/blobs/uploads/uuid"): False,
+    ("GET", "/v2/a/tags/list"): False,
+    ("DELETE", "/v2/a/blobs/sha256:" + "2" * 64): False,
 }
 HARBOR_API_CASES = {
     ("POST", "/api/v2.0/projects/p/repositories/app/artifacts/v1/tags"): True,
@@ -991,23 +995,6 @@ def apply_listener_patches(config: dict, patches: list, what: str) -> None:
             merge(hcm_filter["typed_config"], tc)
 
 
-MANIFEST_RE = re.compile(r"^/v2/.+/manifests/[^/?]+([?].*)?$")
-SAMPLE_PATHS = {
-    # path: is it a manifest write path?
-    "/v2/a/manifests/v1": True,
-    "/v2/project-1/app/manifests/latest": True,
-    "/v2/a/b/c/d/manifests/sha256:" + "0" * 64: True,
-    "/v2/project-2/big-image/x/manifests/v1?tag=a&tag=b": True,
-    "/v2/a/blobs/uploads/": False,
-    "/v2/project-1/app/blobs/uploads/3f1c-uuid": False,
-    "/v2/project-1/app/blobs/uploads/3f1c-uuid?digest=sha256:" + "1" * 64: False,
-    "/v2/manifests/blobs/uploads/uuid": False,
-    "/v2/a/manifests/blobs/uploads/uuid": False,
-    "/v2/a/blobs/sha256:" + "2" * 64: False,
-    "/v2/a/tags/list": False,
-}
-
-
 def check_envoyfilter_ext_proc(path: Path) -> None:
     name = rel(path)
     docs = load_all(path.read_text(encoding="utf-8"))
@@ -1041,26 +1028,70 @@ def check_envoyfilter_ext_proc(path: Path) -> None:
     cluster_names = {c.get("name") for c in clusters}
     check(dig(inner, "grpc_service", "envoy_grpc", "cluster_name") in cluster_names,
           f"{name}: ext_proc calls the added cluster")
-    # The matcher must skip the filter for everything but manifest writes.
-    pm = dig(value, "typed_config", "xds_matcher", "matcher_list", "matchers", 0, "predicate", "not_matcher", "and_matcher", "predicate", default=[])
-    regexes = {dig(p, "single_predicate", "input", "typed_config", "header_name"):
-               dig(p, "single_predicate", "value_match", "safe_regex", "regex") for p in pm}
-    action = dig(value, "typed_config", "xds_matcher", "matcher_list", "matchers", 0, "on_match", "action", "typed_config", "@type", default="")
-    check(action.endswith("SkipFilter") and regexes.get(":method") and regexes.get(":path"),
-          f"{name}: the filter is skipped unless :method and :path are a manifest write")
-    if regexes.get(":path"):
-        path_re = re.compile(regexes[":path"])
-        wrong = [p for p, want in SAMPLE_PATHS.items() if bool(path_re.search(p)) != want]
-        check(not wrong, f"{name}: the :path matcher selects manifest paths and never blob uploads"
-              + ("" if not wrong else f" (wrong for {wrong})"))
-    if regexes.get(":method"):
-        method_re = re.compile(regexes[":method"])
-        check(all(bool(method_re.search(m)) == (m in ("PUT", "DELETE")) for m in ("PUT", "DELETE", "GET", "HEAD", "PATCH", "POST", "put")),
-              f"{name}: the :method matcher selects PUT and DELETE only")
+    check_forward_rules(name, inner)
+    # The matcher must skip the filter for everything but manifest writes and Harbor API POSTs.
+    matchers = dig(value, "typed_config", "xds_matcher", "matcher_list", "matchers", default=[])
+    action = dig(matchers, 0, "on_match", "action", "typed_config", "@type", default="")
+    check(len(matchers) == 1 and action.endswith("SkipFilter"),
+          f"{name}: one matcher, whose action is SkipFilter")
+    predicate = dig(matchers, 0, "predicate", default={})
+
+    def runs(method: str, path: str) -> bool:
+        return not predicate_matches(predicate, {":method": method, ":path": path})
+
+    cases = {**MANIFEST_CASES, **HARBOR_API_CASES}
+    try:
+        wrong = [c for c, want in cases.items() if runs(*c) != want]
+    except ValueError as e:
+        wrong = [str(e)]
+    check(not wrong, f"{name}: the filter runs for manifest writes and Harbor API tag-create/copy POSTs only, "
+          "never for blob uploads or pulls" + ("" if not wrong else f" (wrong for {wrong})"))
     config = bootstrap([value], clusters)
     apply_listener_patches(config, by.get("LISTENER", []) + by.get("NETWORK_FILTER", []), name)
     check(bool(by.get("LISTENER")), f"{name}: has the LISTENER buffer-limit patch")
     envoy_validate(config, f"{name} (its patches applied to an inbound listener)")
+    # The same, live: with no sidecar and no registry listening, a request the filter runs for
+    # fails closed in ext_proc (500), any other one reaches the router (503, no upstream).
+    probes = [("PUT", "/v2/a/b/c/d/e/f/g/h/i/j/manifests/v1?tag=x", 64, False),
+              ("POST", "/API/v2.0/Projects/p/repositories/app/Artifacts/v1/TAGS", 16, False),
+              ("POST", "/api/v2.0/projects/p/repositories/app/artifacts?from=q/src:v1", 16, False),
+              ("PUT", "/v2/a/blobs/uploads/uuid?digest=sha256:" + "1" * 64, 2 * 1024 * 1024, False),
+              ("PATCH", "/v2/a/blobs/uploads/uuid", 2 * 1024 * 1024, True),
+              ("POST", "/api/v2.0/projects", 16, False)]
+    live = copy.deepcopy(config)
+    with socket.socket() as sock:  # a port nothing listens on, whatever runs on this machine
+        sock.bind(("127.0.0.1", 0))
+        closed_port = sock.getsockname()[1]
+    for cl in live["static_resources"]["clusters"]:
+        if cl["name"] == "inbound|5000||":
+            cl["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["port_value"] = closed_port
+    statuses = envoy_probe(live, probes, f"{name}: live Envoy probe")
+    if statuses is not None:
+        want = ["500", "500", "500", "503", "503", "503"]
+        check(statuses == want, f"{name}: with a real Envoy, manifest writes and Harbor tag POSTs reach ext_proc, "
+              f"blob uploads and other calls do not (got {statuses}, want {want})")
+
+
+def predicate_matches(pred: dict, headers: dict[str, str]) -> bool:
+    """Evaluates an xDS matcher predicate on request headers (the forms used in envoy/istio)."""
+    if "single_predicate" in pred:
+        sp = pred["single_predicate"]
+        if not dig(sp, "input", "typed_config", "@type", default="").endswith("HttpRequestHeaderMatchInput"):
+            raise ValueError(f"unmodelled input {dig(sp, 'input', 'typed_config', '@type')}")
+        value = headers.get(dig(sp, "input", "typed_config", "header_name"), "")
+        vm = sp.get("value_match", {})
+        if "exact" in vm:
+            return value == vm["exact"]
+        if "safe_regex" in vm:
+            return re2_to_python(vm["safe_regex"]["regex"]).fullmatch(value) is not None
+        raise ValueError(f"unmodelled value_match {vm}")
+    if "and_matcher" in pred:
+        return all(predicate_matches(p, headers) for p in pred["and_matcher"]["predicate"])
+    if "or_matcher" in pred:
+        return any(predicate_matches(p, headers) for p in pred["or_matcher"]["predicate"])
+    if "not_matcher" in pred:
+        return not predicate_matches(pred["not_matcher"], headers)
+    raise ValueError(f"unmodelled predicate {sorted(pred)}")
 
 
 def istio_template_valid(path: str) -> bool:
