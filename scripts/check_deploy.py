@@ -36,6 +36,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 FAILURES: list[str] = []
 MIB5 = 5 * 1024 * 1024
+MIB1 = 1024 * 1024
 SIDECAR_GRPC_PORT = 50051
 SIDECAR_ADMIN_PORT = 9091
 
@@ -1203,11 +1204,19 @@ def check_custom_policy(name: str, spec: dict, provider_name: str | None) -> Non
           "PATCH uploads, /v2/ POSTs or pulls" + ("" if not wrong else f" (wrong for {wrong})"))
 
 
-def check_provider_fields(name: str, g: dict) -> dict:
+def check_provider_fields(name: str, g: dict, waypoint: bool = False) -> dict:
     body = g.get("includeRequestBodyInCheck", {})
-    check(isinstance(body.get("maxRequestBytes"), int) and body["maxRequestBytes"] >= MIB5,
-          f"{name}: includeRequestBodyInCheck.maxRequestBytes >= 5 MiB ({body.get('maxRequestBytes')}): every "
-          "manifest a registry accepts arrives whole")
+    max_bytes = body.get("maxRequestBytes")
+    if waypoint:
+        # No EnvoyFilter on a waypoint: its buffer stays at Envoy's 1 MiB, and a body limit above
+        # the buffer turns every larger PUT into a 413.
+        check(isinstance(max_bytes, int) and 0 < max_bytes <= MIB1,
+              f"{name}: includeRequestBodyInCheck.maxRequestBytes <= 1 MiB ({max_bytes}): within the waypoint's "
+              "buffer, which no EnvoyFilter can raise")
+    else:
+        check(isinstance(max_bytes, int) and max_bytes >= MIB5,
+              f"{name}: includeRequestBodyInCheck.maxRequestBytes >= 5 MiB ({max_bytes}): every "
+              "manifest a registry accepts arrives whole")
     check(body.get("allowPartialMessage") is True,
           f"{name}: includeRequestBodyInCheck.allowPartialMessage true (blob PUTs are matched: never a 413)")
     check(body.get("packAsBytes") is True, f"{name}: includeRequestBodyInCheck.packAsBytes true (raw_body)")
@@ -1217,6 +1226,34 @@ def check_provider_fields(name: str, g: dict) -> dict:
           f"{name}: an explicit timeout ({g.get('timeout')}; Istio's default is 600s)")
     check(g.get("port") == SIDECAR_GRPC_PORT, f"{name}: provider port {SIDECAR_GRPC_PORT}")
     return body
+
+
+def istio_ext_authz_bootstrap(g: dict, body: dict) -> dict:
+    """The ext_authz filter and cluster Istio generates from an envoyExtAuthzGrpc provider, in a
+    minimal inbound listener."""
+    authz = {
+        "name": "envoy.filters.http.ext_authz",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            "transport_api_version": "V3",
+            "grpc_service": {"envoy_grpc": {"cluster_name": f"outbound|{g.get('port')}||{g.get('service')}"},
+                             "timeout": g.get("timeout")},
+            "failure_mode_allow": g.get("failOpen"),
+            "status_on_error": {"code": int(g.get("statusOnError", "403"))},
+            "with_request_body": {"max_request_bytes": body.get("maxRequestBytes"),
+                                  "allow_partial_message": body.get("allowPartialMessage", False),
+                                  "pack_as_bytes": body.get("packAsBytes", False)},
+        },
+    }
+    cluster = {
+        "name": f"outbound|{g.get('port')}||{g.get('service')}", "type": "STRICT_DNS", "connect_timeout": "1s",
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}},
+        "load_assignment": {"cluster_name": "x", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+            "socket_address": {"address": g.get("service"), "port_value": g.get("port")}}}}]}]},
+    }
+    return bootstrap([authz], [cluster])
 
 
 def check_ext_authz_provider(path: Path) -> None:
@@ -1241,29 +1278,7 @@ def check_ext_authz_provider(path: Path) -> None:
         check_custom_policy(name, spec, provider.get("name"))
 
     # What Istio generates from the provider, plus the EnvoyFilter's patches, validated by Envoy.
-    authz = {
-        "name": "envoy.filters.http.ext_authz",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-            "transport_api_version": "V3",
-            "grpc_service": {"envoy_grpc": {"cluster_name": f"outbound|{g.get('port')}||{g.get('service')}"},
-                             "timeout": g.get("timeout")},
-            "failure_mode_allow": g.get("failOpen"),
-            "status_on_error": {"code": int(g.get("statusOnError", "403"))},
-            "with_request_body": {"max_request_bytes": body.get("maxRequestBytes"),
-                                  "allow_partial_message": body.get("allowPartialMessage", False),
-                                  "pack_as_bytes": body.get("packAsBytes", False)},
-        },
-    }
-    cluster = {
-        "name": f"outbound|{g.get('port')}||{g.get('service')}", "type": "STRICT_DNS", "connect_timeout": "1s",
-        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            "explicit_http_config": {"http2_protocol_options": {}}}},
-        "load_assignment": {"cluster_name": "x", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-            "socket_address": {"address": g.get("service"), "port_value": g.get("port")}}}}]}]},
-    }
-    config = bootstrap([authz], [cluster])
+    config = istio_ext_authz_bootstrap(g, body)
     efs = [d for d in docs if d.get("kind") == "EnvoyFilter"]
     patches = [p for ef in efs for p in dig(ef, "spec", "configPatches", default=[])]
     check(any(p.get("applyTo") == "LISTENER" for p in patches), f"{name}: has the LISTENER buffer-limit patch")
@@ -1296,11 +1311,62 @@ def probe_partial_body(name: str, config: dict, unpatched: dict | None) -> None:
                   "(why the patch is needed)")
 
 
+def check_ambient_waypoint(path: Path) -> None:
+    name = rel(path)
+    docs = load_all(path.read_text(encoding="utf-8"))
+    op = next((d for d in docs if d.get("kind") == "IstioOperator"), {})
+    mesh = dig(op, "spec", "meshConfig", default={})
+    provider = next((p for p in mesh.get("extensionProviders", []) if "envoyExtAuthzGrpc" in p), None)
+    if not check(provider is not None, f"{name}: an envoyExtAuthzGrpc extension provider in the mesh configuration"):
+        return
+    g = provider["envoyExtAuthzGrpc"]
+    body = check_provider_fields(name, g, waypoint=True)
+    check(dig(mesh, "pathNormalization", "normalization") in ("MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES"),
+          f"{name}: mesh pathNormalization merges slashes (no EnvoyFilter can on a waypoint)")
+    check(not any(d.get("kind") == "EnvoyFilter" for d in docs), f"{name}: no EnvoyFilter (waypoints ignore them)")
+
+    gateways = [d for d in docs if d.get("kind") == "Gateway"]
+    gw = gateways[0] if len(gateways) == 1 else {}
+    gw_name, ns = dig(gw, "metadata", "name"), dig(gw, "metadata", "namespace")
+    listener = dig(gw, "spec", "listeners", 0, default={})
+    check(dig(gw, "spec", "gatewayClassName") == "istio-waypoint" and listener.get("protocol") == "HBONE"
+          and listener.get("port") == 15008,
+          f"{name}: one waypoint Gateway (class istio-waypoint, HBONE on 15008)")
+    check(dig(gw, "metadata", "labels", "istio.io/waypoint-for") == "all",
+          f"{name}: the waypoint takes traffic addressed to the Service and to the pods (waypoint-for: all)")
+
+    policies = [d for d in docs if d.get("kind") == "AuthorizationPolicy"]
+    custom = [d for d in policies if dig(d, "spec", "action") == "CUSTOM"]
+    check(len(custom) == 1, f"{name}: one CUSTOM AuthorizationPolicy")
+    for pol in custom:
+        spec = pol.get("spec", {})
+        refs = spec.get("targetRefs", [])
+        check(bool(refs) and "selector" not in spec,
+              f"{name}: the CUSTOM policy uses targetRefs and no selector (a selector would go to ztunnel, which "
+              "cannot enforce HTTP rules)")
+        check(all(r.get("kind") == "Gateway" and r.get("group") == "gateway.networking.k8s.io"
+                  and r.get("name") == gw_name for r in refs) and dig(pol, "metadata", "namespace") == ns,
+              f"{name}: targetRefs name the waypoint Gateway `{gw_name}` of the same namespace")
+        check_custom_policy(name, spec, provider.get("name"))
+    allow = [d for d in policies if dig(d, "spec", "action") == "ALLOW"]
+    principals = [p for d in allow for r in dig(d, "spec", "rules", default=[])
+                  for f in r.get("from", []) for p in dig(f, "source", "principals", default=[])]
+    check(bool(allow) and all(dig(d, "spec", "selector", "matchLabels") for d in allow)
+          and principals == [f"cluster.local/ns/{ns}/sa/{gw_name}"],
+          f"{name}: an L4 ALLOW policy on the registry's pods admits the waypoint's identity only (no way around it)")
+
+    # What Istio generates on the waypoint: the ext_authz filter with Envoy's default buffer.
+    config = istio_ext_authz_bootstrap(g, body)
+    envoy_validate(config, f"{name} (the ext_authz filter Istio generates on the waypoint)")
+    probe_partial_body(name, config, None)
+
+
 def check_istio() -> None:
     step("Istio (envoy/istio/*.yaml)")
     d = ROOT / "envoy" / "istio"
     for fname, fn in (("envoyfilter-ext-proc.yaml", check_envoyfilter_ext_proc),
-                      ("ext-authz-provider.yaml", check_ext_authz_provider)):
+                      ("ext-authz-provider.yaml", check_ext_authz_provider),
+                      ("ambient-waypoint.yaml", check_ambient_waypoint)):
         if check((d / fname).is_file(), f"envoy/istio/{fname} exists"):
             fn(d / fname)
 
