@@ -1371,6 +1371,128 @@ def check_istio() -> None:
             fn(d / fname)
 
 
+# --- Envoy Gateway (Gateway API) -----------------------------------------------------------------
+
+
+def quantity_bytes(q) -> int | None:
+    """A Kubernetes resource.Quantity as bytes (the forms Envoy Gateway accepts for buffers)."""
+    m = re.fullmatch(r"([0-9]+)([KMGTPE]i|[kMGTPE])?", str(q))
+    if not m:
+        return None
+    binary = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
+    decimal = {"k": 1, "M": 2, "G": 3, "T": 4, "P": 5, "E": 6}
+    n, unit = int(m.group(1)), m.group(2)
+    if unit is None:
+        return n
+    return n * (1024 ** binary[unit] if unit in binary else 1000 ** decimal[unit])
+
+
+def httproute_selects(rule: dict, method: str, path: str) -> bool:
+    """Whether a Gateway API HTTPRoute rule matches a request (path without its query; Envoy
+    Gateway's RegularExpression is Envoy's full-match safe_regex)."""
+    path = path.split("?", 1)[0]
+    for m in rule.get("matches", []) or [{}]:
+        if m.get("method") and m["method"] != method:
+            continue
+        pm = m.get("path", {"type": "PathPrefix", "value": "/"})
+        kind, value = pm.get("type", "PathPrefix"), pm.get("value", "/")
+        if kind == "Exact" and path != value:
+            continue
+        if kind == "PathPrefix" and not (path == value or path.startswith(value.rstrip("/") + "/") or value == "/"):
+            continue
+        if kind == "RegularExpression" and not re2_to_python(value).fullmatch(path):
+            continue
+        return True
+    return False
+
+
+def check_gateway_api() -> None:
+    directory = "envoy/gateway-api"
+    step(f"Envoy Gateway ({directory}, kubectl kustomize)")
+    out = run([tool("KUBECTL_BIN"), "kustomize", directory], f"kubectl kustomize {directory}")
+    if out is None:
+        return
+    docs = load_all(out)
+    ok(f"kubectl kustomize {directory} renders ({len(docs)} objects)")
+    name = directory
+    routes = {dig(d, "metadata", "name"): d for d in docs if d.get("kind") == "HTTPRoute"}
+    writes, catch_all = routes.get("registry-writes", {}), routes.get("registry", {})
+    if not check(bool(writes) and bool(catch_all), f"{name}: HTTPRoutes registry-writes and registry"):
+        return
+    rules = {r.get("name"): r for r in dig(writes, "spec", "rules", default=[])}
+    mw, harbor = rules.get("manifest-write", {}), rules.get("harbor-api-write", {})
+    check(set(rules) == {"manifest-write", "harbor-api-write"},
+          f"{name}: registry-writes has exactly the rules manifest-write and harbor-api-write")
+    regexes = {m.get("method"): dig(m, "path", "value") for m in mw.get("matches", [])
+               if dig(m, "path", "type") == "RegularExpression"}
+    check(regexes == {"PUT": "^/v2/.+/manifests/[^/]+$", "DELETE": "^/v2/.+/manifests/[^/]+$"},
+          f"{name}: manifest-write matches PUT and DELETE on the RegularExpression ^/v2/.+/manifests/[^/]+$")
+    wrong = [c for c, want in MANIFEST_CASES.items() if httproute_selects(mw, *c) != want]
+    check(not wrong, f"{name}: manifest-write selects manifest writes and nothing else"
+          + ("" if not wrong else f" (wrong for {wrong})"))
+    hregex = [dig(m, "path", "value", default="") for m in harbor.get("matches", [])]
+    check(len(hregex) == 1 and hregex[0].startswith("(?i)"), f"{name}: harbor-api-write matches case-insensitively")
+    wrong = [c for c, want in HARBOR_API_CASES.items() if httproute_selects(harbor, *c) != want]
+    check(not wrong, f"{name}: harbor-api-write selects POST tag creation and artifact copy only"
+          + ("" if not wrong else f" (wrong for {wrong})"))
+    ca_rules = dig(catch_all, "spec", "rules", default=[])
+    check(len(ca_rules) == 1 and dig(ca_rules[0], "matches", 0, "path") == {"type": "PathPrefix", "value": "/"}
+          and dig(ca_rules[0], "timeouts", "request") == "0s",
+          f"{name}: the catch-all route (PathPrefix /) has no request timeout (timeouts.request 0s: blob uploads)")
+    backends = {(b.get("name"), b.get("port")) for d in (writes, catch_all)
+                for r in dig(d, "spec", "rules", default=[]) for b in r.get("backendRefs", [])}
+    check(len(backends) == 1, f"{name}: both routes go to the same registry backend ({sorted(backends)})")
+
+    def targets(d: dict) -> set:
+        return {(t.get("kind"), t.get("name")) for t in dig(d, "spec", "targetRefs", default=[])}
+
+    eeps = [d for d in docs if d.get("kind") == "EnvoyExtensionPolicy"]
+    check(len(eeps) == 1 and targets(eeps[0]) == {("HTTPRoute", "registry-writes")},
+          f"{name}: one EnvoyExtensionPolicy, targeting the HTTPRoute registry-writes only (never the catch-all)")
+    for eep in eeps:
+        procs = dig(eep, "spec", "extProc", default=[])
+        proc = procs[0] if len(procs) == 1 else {}
+        check(dig(proc, "processingMode", "request", "body") == "Buffered",
+              f"{name}: extProc request body Buffered (the whole manifest in one message)")
+        check(dig(proc, "processingMode", "response") is not None and
+              dig(proc, "processingMode", "response", "body") is None,
+              f"{name}: extProc sends the response headers (the registry's 201/202), not its body")
+        check(proc.get("failOpen") is False, f"{name}: extProc failOpen false (fail closed)")
+        check(duration_seconds(proc.get("messageTimeout")) is not None and 1 <= duration_seconds(proc["messageTimeout"]) <= 10,
+              f"{name}: extProc messageTimeout between 1s and 10s ({proc.get('messageTimeout')}; default 200ms)")
+        ref = dig(proc, "backendRefs", 0, default={})
+        check(ref.get("name") == "registry-gateway" and ref.get("port") == SIDECAR_GRPC_PORT,
+              f"{name}: extProc calls the Service registry-gateway on {SIDECAR_GRPC_PORT}")
+        grant = next((d for d in docs if d.get("kind") == "ReferenceGrant"
+                      and dig(d, "metadata", "namespace") == ref.get("namespace")), None)
+        if ref.get("namespace") and ref.get("namespace") != dig(eep, "metadata", "namespace"):
+            check(grant is not None and any(f.get("kind") == "EnvoyExtensionPolicy"
+                                            and f.get("namespace") == dig(eep, "metadata", "namespace")
+                                            for f in dig(grant, "spec", "from", default=[])),
+                  f"{name}: a ReferenceGrant in {ref.get('namespace')} allows the cross-namespace backendRef")
+    ctps = [d for d in docs if d.get("kind") == "ClientTrafficPolicy"]
+    gateways = {("Gateway", dig(d, "metadata", "name")) for d in docs if d.get("kind") == "Gateway"}
+    check(len(ctps) == 1 and dig(ctps[0], "spec", "path", "escapedSlashesAction") == "RejectRequest"
+          and dig(ctps[0], "spec", "path", "disableMergeSlashes") is not True,
+          f"{name}: ClientTrafficPolicy rejects escaped slashes and merges slashes")
+    check(all(targets(d) and targets(d) <= gateways for d in ctps),
+          f"{name}: the ClientTrafficPolicy targets the Gateway the routes attach to")
+    btps = [d for d in docs if d.get("kind") == "BackendTrafficPolicy"]
+    limits = [quantity_bytes(dig(d, "spec", "requestBuffer", "limit")) for d in btps
+              if ("HTTPRoute", "registry-writes") in targets(d)]
+    check(len(limits) == 1 and limits[0] is not None and limits[0] >= MIB5,
+          f"{name}: a BackendTrafficPolicy on registry-writes sets requestBuffer.limit >= 5 MiB ({limits}; "
+          "Envoy Gateway's default buffer is 32 KiB)")
+    check(all(dig(d, "spec", "requestBuffer", "mode") == "LimitOnly" for d in btps if dig(d, "spec", "requestBuffer")),
+          f"{name}: requestBuffer mode LimitOnly (ext_proc buffers; the gateway does not buffer on its own)")
+    check(not any(("HTTPRoute", "registry") in targets(d) for d in btps + eeps),
+          f"{name}: nothing buffers or calls the sidecar on the catch-all route")
+    check(all("forwardRules" not in p and "forward_rules" not in p for d in eeps for p in dig(d, "spec", "extProc", default=[])),
+          f"{name}: extProc sets no forwarding field Envoy Gateway would reject")
+    print("    note: Envoy Gateway's extProc has no forward_rules; every request header reaches the sidecar there "
+          "(ext-proc.yaml says so)")
+
+
 # --- main ----------------------------------------------------------------------------------------
 
 
@@ -1387,6 +1509,7 @@ def main() -> int:
     check_kustomize("deploy/kubernetes", ext_proc, harbor=False)
     check_kustomize("deploy/kubernetes/overlays/harbor", ext_proc, harbor=True)
     check_istio()
+    check_gateway_api()
     print()
     if FAILURES:
         print(f"check-deploy: {len(FAILURES)} check(s) FAILED:", file=sys.stderr)
