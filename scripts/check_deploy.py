@@ -925,8 +925,36 @@ def check_kustomize(directory: str, ext_proc: dict, harbor: bool) -> None:
               f"{name}: --registry-url is Harbor's external URL ({url})")
         check(secret is not None and str(dig(secret, "stringData", "username", default="")).startswith("robot$"),
               f"{name}: the Secret holds a Harbor robot account (robot$...)")
+        check_harbor_ingress(name, docs, url)
     else:
         check(flag(args, "--registry-url") == "http://registry:5000", f"{name}: --registry-url http://registry:5000")
+
+
+def check_harbor_ingress(name: str, docs: list, registry_url: str) -> None:
+    """Harbor's front door: the registry API and the REST API through Envoy, nothing else."""
+    ingresses = [d for d in docs if d.get("kind") == "Ingress"]
+    if not check(len(ingresses) == 1, f"{name}: one Ingress, Harbor's front door"):
+        return
+    ing = ingresses[0]
+    rules = dig(ing, "spec", "rules", default=[])
+    paths = {p.get("path"): (dig(p, "backend", "service", "name"), dig(p, "backend", "service", "port", "number"))
+             for r in rules for p in dig(r, "http", "paths", default=[])}
+    gateway = ("registry-gateway", 5000)
+    check(paths.get("/v2/") == gateway, f"{name}: the Ingress sends /v2/ to registry-gateway:5000 (Envoy)")
+    check(paths.get("/api/") == gateway,
+          f"{name}: the Ingress sends /api/ to registry-gateway:5000 (Harbor's REST API can create tags and copy "
+          "artifacts without a /v2/ manifest write)")
+    check({p for p, b in paths.items() if b == gateway} == {"/v2/", "/api/"},
+          f"{name}: nothing but /v2/ and /api/ goes through Envoy (the token service and the UI go to Harbor)")
+    check(paths.get("/service/", ("", 0))[0] == "harbor-core" and "/" in paths,
+          f"{name}: the token service (/service/) goes to harbor-core, the UI (/) to Harbor")
+    check(all(p.get("pathType") == "Prefix" for r in rules for p in dig(r, "http", "paths", default=[])),
+          f"{name}: every Ingress path is a Prefix")
+    hosts = {r.get("host") for r in rules}
+    check(len(hosts) == 1 and registry_url.startswith("https://") and registry_url[len("https://"):].rstrip("/") in hosts,
+          f"{name}: the Ingress host is the host of --registry-url ({sorted(map(str, hosts))})")
+    check(str(dig(ing, "metadata", "annotations", "nginx.ingress.kubernetes.io/proxy-body-size")) == "0",
+          f"{name}: the Ingress sets no body size limit (layers of any size)")
 
 
 # --- Istio ---------------------------------------------------------------------------------------
@@ -1487,8 +1515,6 @@ def check_gateway_api() -> None:
           f"{name}: requestBuffer mode LimitOnly (ext_proc buffers; the gateway does not buffer on its own)")
     check(not any(("HTTPRoute", "registry") in targets(d) for d in btps + eeps),
           f"{name}: nothing buffers or calls the sidecar on the catch-all route")
-    check(all("forwardRules" not in p and "forward_rules" not in p for d in eeps for p in dig(d, "spec", "extProc", default=[])),
-          f"{name}: extProc sets no forwarding field Envoy Gateway would reject")
     print("    note: Envoy Gateway's extProc has no forward_rules; every request header reaches the sidecar there "
           "(ext-proc.yaml says so)")
 
