@@ -9,7 +9,12 @@ Validates every shipped deployment file without a Docker engine or a cluster:
     the sidecar's config is a file inside a mounted directory; host names match envoy.yaml.
   - Kubernetes: `kubectl kustomize` of the base and the Harbor overlay render, parse, and name
     what they must (containers, probes, resources, non-root, grpc- port, ConfigMap, Secret).
-  - Istio: the provider, the CUSTOM policy's rules (never matching blob uploads) and the patches.
+  - Istio: the providers, the CUSTOM policies' rules (every PUT/DELETE, POST /api/*), partial
+    bodies within the buffer, the patches, the ambient waypoint; live Envoy probes (no 413 on
+    blob PUTs; the ext_proc matcher runs for the right requests only).
+  - Envoy Gateway: envoy/gateway-api renders; extProc Buffered on the write routes only, route
+    regexes, escaped slashes rejected, a route buffer of at least 5 MiB, no timeout on the rest.
+  - Every ext_proc config forwards only the headers the sidecar reads, never `cookie`.
 Every failure is printed; the exit status is 1 if there was any.
 
 Needs PyYAML. Tools come from the environment: ENVOY_BIN, DOCKER_COMPOSE_BIN, KUBECTL_BIN, and
