@@ -114,6 +114,7 @@ pub async fn run(args: ServeArgs) -> Result<(), AppError> {
             lease: args.state_lease,
             timeout: args.state_timeout,
         },
+        metrics.clone(),
     )
     .await?;
     tracing::info!(state = ?state_url, "tag books");

@@ -25,6 +25,13 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// Labels of a shared-store call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct StateLabels {
+    pub op: &'static str,
+    pub result: &'static str,
+}
+
 /// Every metric the service exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -37,6 +44,7 @@ pub struct Metrics {
     pub stream_errors: Family<ResultLabels, Counter>,
     pub reservations: Family<ResultLabels, Counter>,
     pub client_checks: Family<ResultLabels, Counter>,
+    pub state_calls: Family<StateLabels, Counter>,
     registry: Registry,
 }
 
@@ -109,6 +117,12 @@ impl Metrics {
             "Questions to the registry whether it accepts a client's credentials, by answer (accepted, refused, or the error)",
             client_checks.clone(),
         );
+        let state_calls = Family::<StateLabels, Counter>::default();
+        registry.register(
+            "state_store_calls",
+            "Calls to the shared state store (Redis/Valkey), by script and result; one decide per decision with a warm cache",
+            state_calls.clone(),
+        );
         Self {
             decisions,
             decision_seconds,
@@ -119,6 +133,7 @@ impl Metrics {
             stream_errors,
             reservations,
             client_checks,
+            state_calls,
             registry,
         }
     }

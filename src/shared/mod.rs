@@ -208,6 +208,7 @@ pub struct SharedOptions {
 /// The shared tag books.
 pub struct SharedBooks {
     conn: Conn,
+    metrics: Arc<crate::metrics::Metrics>,
     options: SharedOptions,
     /// This replica's name in leases and read locks.
     owner: String,
@@ -247,6 +248,7 @@ impl SharedBooks {
     pub async fn connect(
         url: &StateUrl,
         options: SharedOptions,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Option<Arc<Self>>, StateError> {
         let connect_error = |url: String| move |source| StateError::Connect { url, source };
         let conn = match url {
@@ -278,6 +280,7 @@ impl SharedBooks {
         let owner = format!("{:016x}", rand_u64());
         let books = Arc::new(Self {
             conn,
+            metrics,
             options,
             owner,
             leases: AtomicU64::new(0),
@@ -376,18 +379,32 @@ impl SharedBooks {
         redis::from_redis_value(value).map_err(|e| StoreError::Failed(e.to_string()))
     }
 
-    async fn run(&self, invocation: redis::ScriptInvocation<'_>) -> Result<Value, StoreError> {
+    async fn run(
+        &self,
+        op: &'static str,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<Value, StoreError> {
         let timeout = self.options.timeout;
         let mut conn = self.conn.clone();
-        tokio::time::timeout(timeout, async {
+        let result = tokio::time::timeout(timeout, async {
             match &mut conn {
                 Conn::Single(c) => invocation.invoke_async::<Value>(c).await,
                 Conn::Cluster(c) => invocation.invoke_async::<Value>(c).await,
             }
         })
         .await
-        .map_err(|_| StoreError::Timeout(timeout))?
-        .map_err(|e| StoreError::Failed(e.to_string()))
+        .map_err(|_| StoreError::Timeout(timeout))
+        .and_then(|r| r.map_err(|e| StoreError::Failed(e.to_string())));
+        let labels = crate::metrics::StateLabels {
+            op,
+            result: match &result {
+                Ok(_) => "ok",
+                Err(StoreError::Timeout(_)) => "timeout",
+                Err(StoreError::Failed(_)) => "error",
+            },
+        };
+        self.metrics.state_calls.get_or_create(&labels).inc();
+        result
     }
 
     /// A new lease id, unique across replicas.
@@ -430,7 +447,7 @@ impl SharedBooks {
             .arg(if reserve { "1" } else { "0" })
             .arg(ms(hold.max(cache_ttl)) * 2)
             .arg(tags);
-        let reply = self.run(invocation).await?;
+        let reply = self.run("decide", invocation).await?;
         let items: Vec<Value> = match reply {
             Value::Array(items) => items,
             other => return Err(StoreError::Failed(format!("unexpected reply {other:?}"))),
@@ -474,7 +491,7 @@ impl SharedBooks {
             .arg(&self.owner)
             .arg(ms(lock).max(1))
             .arg(reads);
-        Ok(match self.run(invocation).await? {
+        Ok(match self.run("begin", invocation).await? {
             Value::Int(1) => Begin::Read,
             Value::Int(2) => Begin::Decide,
             _ => Begin::Wait,
@@ -504,7 +521,7 @@ impl SharedBooks {
             .arg(self.epoch())
             .arg(ms(cache_ttl) * 2 + 3_600_000)
             .arg(tags);
-        let reply = self.run(invocation).await?;
+        let reply = self.run("complete", invocation).await?;
         Ok(matches!(reply, Value::Int(1)))
     }
 
@@ -532,7 +549,7 @@ impl SharedBooks {
             .arg(reserved.len())
             .arg(reserved)
             .arg(tags);
-        self.run(invocation).await.map(drop)
+        self.run("settle", invocation).await.map(drop)
     }
 
     /// Settles without waiting: the registry's answer must not wait on the store.
