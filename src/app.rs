@@ -226,6 +226,9 @@ pub async fn run(args: ServeArgs) -> Result<(), AppError> {
             health_reporter
                 .set_not_serving::<AuthorizationServer<ExtAuthzService<RegistryClient>>>()
                 .await;
+            health_reporter
+                .set_not_serving::<PolicyServer<PolicyService<RegistryClient>>>()
+                .await;
             shutdown.trigger();
         })
     };
