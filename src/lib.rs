@@ -37,4 +37,5 @@ pub mod registry;
 pub mod reload;
 pub mod respond;
 pub mod shared;
+pub mod snapshot;
 pub mod telemetry;

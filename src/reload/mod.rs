@@ -33,19 +33,9 @@ use tokio::task::JoinHandle;
 use self::watcher::{Signal, WatchState};
 use crate::config;
 use crate::metrics::Metrics;
-use crate::policy::{LoadError, Policy};
+use crate::policy::LoadError;
 
-/// One configuration version in force. Decisions take an `Arc<Snapshot>` and use it to the end,
-/// so a reload never changes the rules under a decision in progress.
-#[derive(Debug)]
-pub struct Snapshot {
-    pub policy: Policy,
-    /// 1 at start-up, +1 for every applied change.
-    pub version: u64,
-    /// sha256 of the configuration texts.
-    pub hash: String,
-    pub loaded_at: SystemTime,
-}
+pub use crate::snapshot::Snapshot;
 
 /// What `/status` shows about reloads.
 #[derive(Clone, Debug, Default)]

@@ -2,6 +2,9 @@
 //! needs them, decide and reserve, then settle the reservation when the registry answers.
 //!
 //! This module defines [`TagSource`] and never names the registry client: `app` plugs one in.
+//! `books` keeps tag books in this process, `crate::shared` in Redis or Valkey; `ticket` is
+//! what an admitted push holds until the registry answers; `standing` remembers which clients the
+//! registry accepts.
 
 use std::future::Future;
 
@@ -78,12 +81,20 @@ pub trait TagSource: Send + Sync + 'static {
     ) -> impl Future<Output = Result<bool, TagError>> + Send;
 }
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+mod books;
+mod standing;
+mod ticket;
+
+use std::sync::Arc;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
+
+pub use self::books::DOUBT_GRACE;
+use self::books::{Books, Change, Repo};
+use self::standing::Standings;
+pub use self::ticket::Ticket;
+use self::ticket::{Backing, SharedLease};
 
 use crate::shared::{Begin, Decided, RepoKeys, Settle, SharedBooks};
 use tokio::time::Instant;
@@ -92,7 +103,7 @@ use crate::metrics::{DecisionLabels, Metrics};
 use crate::policy::{
     Decision, Denial, Evaluation, Facts, ManifestPush, ManifestWrite, Reference, TagBook, Verdict,
 };
-use crate::reload::Snapshot;
+use crate::snapshot::Snapshot;
 
 /// Which adapter asked; a metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -165,183 +176,6 @@ pub struct Checked {
     pub outcome: Outcome,
     pub facts: Facts,
     pub ticket: Option<Ticket>,
-}
-
-/// A repository's book and whether its confirmed tags can be trusted.
-#[derive(Debug, Default)]
-struct BookState {
-    book: TagBook,
-    /// When the confirmed tags were read from the registry; `None` means they must be read.
-    fetched_at: Option<Instant>,
-    /// Changes seen while a fetch is in flight, replayed onto its result.
-    journal: Option<Vec<Change>>,
-    last_used: Option<Instant>,
-    /// Reserved slots of pushes whose outcome is unknown: the stream ended without the
-    /// registry's answer, or the answer was a 5xx that Envoy may have made up after the registry
-    /// stored the manifest. Each keeps its slot until a tag-list read that began
-    /// [`DOUBT_GRACE`] after it shows the truth.
-    doubts: Vec<(String, Instant)>,
-}
-
-/// How long after an unknown outcome a tag-list read is trusted to show it: the registry may
-/// still be storing a manifest whose client, or whose Envoy, already gave up.
-pub const DOUBT_GRACE: Duration = Duration::from_secs(2);
-
-#[derive(Clone, Debug)]
-enum Change {
-    Confirm(String),
-    Remove(String),
-    /// Tags went away that we cannot name (a delete by digest): read the list again.
-    Stale,
-}
-
-impl BookState {
-    fn apply(&mut self, change: Change) {
-        match &change {
-            Change::Confirm(tag) => self.book.confirm(tag),
-            Change::Remove(tag) => self.book.remove(tag),
-            Change::Stale => self.fetched_at = None,
-        }
-        if let Some(journal) = &mut self.journal {
-            journal.push(change);
-        }
-    }
-
-    fn is_fresh(&self, now: Instant, ttl: Duration) -> bool {
-        self.fetched_at
-            .is_some_and(|at| now.duration_since(at) < ttl)
-            && !self
-                .doubts
-                .iter()
-                .any(|(_, since)| *since + DOUBT_GRACE <= now)
-    }
-
-    /// Keeps `tags`' slots until a read shows whether the push landed.
-    fn doubt(&mut self, tags: &[String]) {
-        let now = Instant::now();
-        self.doubts
-            .extend(tags.iter().map(|tag| (tag.clone(), now)));
-    }
-
-    /// A read that began at `started` shows every push doubted a grace period before it.
-    fn resolve_doubts(&mut self, started: Instant) {
-        let (resolved, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.doubts)
-            .into_iter()
-            .partition(|(_, since)| *since + DOUBT_GRACE <= started);
-        self.doubts = kept;
-        for (tag, _) in resolved {
-            self.book.release(&tag);
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct Repo {
-    state: Mutex<BookState>,
-    /// Held while the tag list is fetched, so concurrent decisions share one fetch.
-    fetch: tokio::sync::Mutex<()>,
-}
-
-impl Repo {
-    fn lock(&self) -> MutexGuard<'_, BookState> {
-        // A panic while holding the lock cannot leave the book half-changed in a way that matters
-        // more than refusing every later push; keep serving.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// Tag books of every repository seen recently.
-#[derive(Debug, Default)]
-struct Books {
-    repos: Mutex<HashMap<String, Arc<Repo>>>,
-}
-
-impl Books {
-    fn get(&self, repository: &str) -> Arc<Repo> {
-        let mut repos = self.repos.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(repo) = repos.get(repository) {
-            return repo.clone();
-        }
-        let repo = Arc::new(Repo::default());
-        repos.insert(repository.to_owned(), repo.clone());
-        repo
-    }
-
-    fn existing(&self, repository: &str) -> Option<Arc<Repo>> {
-        let repos = self.repos.lock().unwrap_or_else(|p| p.into_inner());
-        repos.get(repository).cloned()
-    }
-
-    /// Forgets repositories idle for longer than `idle` that hold no reservation.
-    fn sweep(&self, now: Instant, idle: Duration) -> usize {
-        let mut repos = self.repos.lock().unwrap_or_else(|p| p.into_inner());
-        let before = repos.len();
-        repos.retain(|_, repo| {
-            if Arc::strong_count(repo) > 1 {
-                return true;
-            }
-            let state = repo.lock();
-            state.book.has_reservations()
-                || state
-                    .last_used
-                    .is_some_and(|t| now.duration_since(t) < idle)
-        });
-        before - repos.len()
-    }
-}
-
-/// The registry's answers about clients' credentials, keyed by repository and a hash of the
-/// credentials (never the credentials themselves). Concurrent decisions for one client share one
-/// question, as they share one tag-list read.
-#[derive(Debug, Default)]
-struct Standings {
-    known: Mutex<HashMap<[u8; 32], Standing>>,
-}
-
-#[derive(Debug, Clone)]
-struct Standing {
-    /// Filled once by the first asker; an error leaves it empty for the next one to retry.
-    answer: Arc<tokio::sync::OnceCell<bool>>,
-    asked_at: Instant,
-}
-
-/// Entries kept at most; a flood of distinct credentials cannot grow memory past it.
-const MAX_STANDINGS: usize = 10_000;
-
-impl Standings {
-    fn key(repository: &str, authorization: Option<&str>) -> [u8; 32] {
-        let mut hash = Sha256::new();
-        hash.update(repository.as_bytes());
-        hash.update([0]);
-        if let Some(a) = authorization {
-            hash.update([1]);
-            hash.update(a.as_bytes());
-        }
-        hash.finalize().into()
-    }
-
-    /// The cell holding (or about to hold) the answer for `key`, fresh within `ttl`.
-    fn cell(&self, key: [u8; 32], ttl: Duration) -> Arc<tokio::sync::OnceCell<bool>> {
-        let now = Instant::now();
-        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(standing) = known.get(&key)
-            && now.duration_since(standing.asked_at) < ttl
-        {
-            return standing.answer.clone();
-        }
-        if known.len() >= MAX_STANDINGS {
-            known.retain(|_, s| now.duration_since(s.asked_at) < ttl);
-            if known.len() >= MAX_STANDINGS {
-                known.clear();
-            }
-        }
-        let standing = Standing {
-            answer: Arc::default(),
-            asked_at: now,
-        };
-        known.insert(key, standing.clone());
-        standing.answer
-    }
 }
 
 /// Decides manifest writes for every adapter.
@@ -902,169 +736,6 @@ impl<S: TagSource> Checker<S> {
             Instant::now(),
             self.options.tag_cache_ttl.max(Duration::from_secs(60)),
         )
-    }
-}
-
-/// Where an admitted push's slots are held.
-#[derive(Debug)]
-enum Backing {
-    Memory(Arc<Repo>),
-    Shared(Box<SharedLease>),
-}
-
-/// A lease in the shared store: its keys, its id, and the exclusion list it was decided under.
-#[derive(Debug)]
-struct SharedLease {
-    books: Arc<SharedBooks>,
-    keys: RepoKeys,
-    id: String,
-    filter: crate::policy::TagFilter,
-}
-
-impl SharedLease {
-    fn settle(&self, op: Settle, reserved: Vec<String>, tags: Vec<String>) {
-        let tags = tags.into_iter().filter(|t| self.filter.counts(t)).collect();
-        self.books
-            .settle_later(self.keys.clone(), op, self.id.clone(), reserved, tags);
-    }
-}
-
-/// The bookkeeping of one admitted push, settled by the registry's answer.
-///
-/// Dropping an unsettled ticket holds its slots in doubt until a tag-list read shows whether the
-/// push landed: a stream that ends without the registry's answer may still have stored it.
-#[derive(Debug)]
-pub struct Ticket {
-    backing: Backing,
-    /// Every tag the push names.
-    tags: Vec<String>,
-    reference_tag: Option<String>,
-    reserved: Vec<String>,
-    metrics: Arc<Metrics>,
-    settled: bool,
-}
-
-impl Ticket {
-    /// Tags whose slots this push holds.
-    pub fn reserved(&self) -> &[String] {
-        &self.reserved
-    }
-
-    /// The registry answered the `PUT` with `status`; `oci_tags` are the values of its
-    /// `OCI-Tag` headers (comma lists allowed), empty when absent.
-    ///
-    /// A 4xx is the registry's refusal (or Envoy's, before the registry saw the body): the slots
-    /// are free. A 5xx may be Envoy's own answer (a route timeout, an upstream reset) after the
-    /// registry stored the manifest, so its slots stay held until the tag list shows the truth.
-    pub fn settle(mut self, status: u16, oci_tags: &[String]) {
-        self.settled = true;
-        let reserved = std::mem::take(&mut self.reserved);
-        let counted = |label| {
-            if !reserved.is_empty() {
-                Metrics::count(&self.metrics.reservations, label);
-            }
-        };
-        if !(200..500).contains(&status) {
-            counted("in_doubt");
-            self.hold_in_doubt(reserved);
-            return;
-        }
-        if !(200..300).contains(&status) {
-            counted("released");
-            match &self.backing {
-                Backing::Memory(repo) => {
-                    let mut state = repo.lock();
-                    for tag in &reserved {
-                        state.book.release(tag);
-                    }
-                }
-                Backing::Shared(lease) => lease.settle(Settle::Release, reserved, Vec::new()),
-            }
-            return;
-        }
-        counted("committed");
-        // A registry that implements `?tag=` echoes what it created, and every tag it says it
-        // created counts, named in our request or not; one that does not creates only the
-        // reference's tag.
-        let created: Vec<String> = if oci_tags.is_empty() {
-            self.reference_tag.iter().cloned().collect()
-        } else {
-            oci_tags
-                .iter()
-                .flat_map(|v| v.split(','))
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(str::to_owned)
-                .collect()
-        };
-        match &self.backing {
-            Backing::Memory(repo) => {
-                let mut state = repo.lock();
-                for tag in &reserved {
-                    state.book.release(tag);
-                }
-                for tag in created {
-                    state.apply(Change::Confirm(tag));
-                }
-            }
-            Backing::Shared(lease) => lease.settle(Settle::Commit, reserved, created),
-        }
-    }
-
-    fn hold_in_doubt(&self, reserved: Vec<String>) {
-        match &self.backing {
-            Backing::Memory(repo) => repo.lock().doubt(&reserved),
-            Backing::Shared(lease) if !reserved.is_empty() => {
-                lease.settle(Settle::Doubt, reserved, Vec::new());
-            }
-            Backing::Shared(_) => {}
-        }
-    }
-
-    /// ext_authz has no response phase: hold the slots for `ttl`, then release them and read
-    /// the tag list again on the next decision, which then shows whether the push landed.
-    pub fn expire_after(mut self, ttl: Duration) {
-        self.settled = true;
-        if self.reserved.is_empty() && self.tags.is_empty() {
-            return;
-        }
-        let Backing::Memory(repo) = &self.backing else {
-            // The lease was taken for `ttl`; its expiry calls for the read by itself.
-            return;
-        };
-        let repo = repo.clone();
-        let reserved = std::mem::take(&mut self.reserved);
-        let metrics = self.metrics.clone();
-        let has_tags = !self.tags.is_empty();
-        tokio::spawn(async move {
-            tokio::time::sleep(ttl).await;
-            let mut state = repo.lock();
-            for tag in &reserved {
-                state.book.release(tag);
-            }
-            if has_tags {
-                state.apply(Change::Stale);
-            }
-            if !reserved.is_empty() {
-                Metrics::count(&metrics.reservations, "expired");
-            }
-        });
-    }
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        if self.settled {
-            return;
-        }
-        // The request ended without the registry's answer (the client hung up, Envoy reset the
-        // stream): the registry may still have stored the manifest. Freeing the slot now would let
-        // a concurrent push overshoot, so it is held until a tag-list read shows the truth.
-        let reserved = std::mem::take(&mut self.reserved);
-        if !reserved.is_empty() {
-            Metrics::count(&self.metrics.reservations, "in_doubt");
-        }
-        self.hold_in_doubt(reserved);
     }
 }
 
