@@ -34,12 +34,12 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
-    #[error("registry client: {0}")]
-    Registry(String),
+    #[error("registry client")]
+    Registry(#[from] crate::registry::Error),
     #[error("shared state: {0}")]
     State(#[from] crate::shared::StateError),
-    #[error("gRPC reflection: {0}")]
-    Reflection(String),
+    #[error("gRPC reflection")]
+    Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server failed: {0}")]
     Grpc(#[from] tonic::transport::Error),
     #[error("admin server failed: {0}")]
@@ -122,8 +122,7 @@ pub async fn build(args: &ServeArgs) -> Result<App, AppError> {
         plain_http_credentials: args.registry_plain_http_credentials,
         token_realms: args.registry_token_realm.clone(),
         page_size: args.tag_page_size,
-    })
-    .map_err(|e| AppError::Registry(e.to_string()))?;
+    })?;
     let options = CheckOptions {
         tag_cache_ttl: args.tag_cache_ttl,
         decision_timeout: args.decision_timeout,
@@ -231,8 +230,7 @@ impl App {
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(REFLECTION_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| AppError::Reflection(e.to_string()))?;
+            .build_v1()?;
 
         let shutdown = Shutdown::new();
         let grpc_shutdown = shutdown.clone();

@@ -142,7 +142,8 @@ enum Conn {
     Cluster(ClusterConnection),
 }
 
-/// Why the store could not answer a decision.
+/// Why the store could not answer a decision. The cause is kept as text on purpose: one error
+/// is cloned to every decision waiting on the same call, and `redis::RedisError` is not `Clone`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     #[error("the shared state store did not answer within {0:?}")]
