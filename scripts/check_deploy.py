@@ -7,8 +7,17 @@ Validates every shipped deployment file without a Docker engine or a cluster:
     ext_authz variant must not drift from envoy/envoy.yaml; the knobs the design relies on.
   - docker-compose.yml: `docker-compose config` passes; Envoy mounts envoy/envoy.yaml itself;
     the sidecar's config is a file inside a mounted directory; host names match envoy.yaml.
-  - Kubernetes: `kubectl kustomize` of the base and the Harbor overlay render, parse, and name
-    what they must (containers, probes, resources, non-root, grpc- port, ConfigMap, Secret).
+  - docker-compose.yml `ha` profile: one Valkey/Redis 7+, two gateway+Envoy pairs with the same
+    `--state redis://<store>`, each Envoy on its own port reaching its own sidecar; the default
+    profile stays one pair in memory mode.
+  - Kubernetes: `kubectl kustomize` of the base, the Harbor overlay and the Valkey overlay render,
+    parse, and name what they must (containers, probes, resources, non-root, grpc- port,
+    ConfigMap, Secret); high availability: replicas >= 3, RollingUpdate with maxUnavailable 0, a
+    PodDisruptionBudget selecting the pods, topology spread over nodes and zones, the termination
+    timeline (Envoy drains, the sidecar outlives it, the grace period covers both), the state URL
+    from Secret registry-gateway-state with no password in it or in the pod spec; the Valkey
+    overlay's one-pod StatefulSet, its Service named by the state URL, its password from the same
+    Secret.
   - Istio: the providers, the CUSTOM policies' rules (every PUT/DELETE, POST /api/*), partial
     bodies within the buffer, the patches, the ambient waypoint; live Envoy probes (no 413 on
     blob PUTs; the ext_proc matcher runs for the right requests only).
@@ -734,6 +743,8 @@ def check_compose(ext_proc: dict) -> None:
     check(reg_host in services and reg_port == 5000, f"envoy.yaml's registry host `{reg_host}:{reg_port}` is the compose service (registry:2 listens on 5000)")
     check(gw_host in services and gw_port == SIDECAR_GRPC_PORT, f"envoy.yaml's sidecar host `{gw_host}:{gw_port}` is the compose service `gateway`")
 
+    check_compose_ha(services)
+
     # optional ext_authz Envoy
     extra = services.get("envoy-ext-authz")
     if extra is not None:
@@ -741,6 +752,68 @@ def check_compose(ext_proc: dict) -> None:
         src = mounts.get("/etc/envoy/envoy.yaml")
         check(src is not None and src.resolve() == (ROOT / "envoy" / "ext-authz.yaml").resolve(),
               "envoy-ext-authz: runs ./envoy/ext-authz.yaml itself")
+
+
+def check_compose_ha(services: dict) -> None:
+    """The `ha` profile: a Valkey or Redis and two gateway+Envoy pairs sharing it, each Envoy on its
+    own port and reaching its own sidecar; the default profile stays one pair in memory mode."""
+    compose = tool("DOCKER_COMPOSE_BIN")
+    if run([compose, "-f", "docker-compose.yml", "--profile", "ha", "config", "-q"],
+           "docker-compose --profile ha config") is not None:
+        ok("docker-compose -f docker-compose.yml --profile ha config")
+    default = {n for n, svc in services.items() if not svc.get("profiles")}
+    check(default == {"registry", "gateway", "envoy"}, f"default profile: registry, gateway, envoy only ({sorted(default)})")
+    check(flag(as_args(services.get("gateway", {}).get("command")), "--state") in (None, "memory"),
+          "default profile: the gateway keeps memory mode (one replica)")
+    ha = {n: svc for n, svc in services.items() if "ha" in (svc.get("profiles") or [])}
+
+    def nets(svc: dict) -> dict:
+        n = svc.get("networks") or {"default": None}
+        return {k: (v or {}) for k, v in n.items()} if isinstance(n, dict) else {k: {} for k in n}
+
+    stores = {n: svc for n, svc in ha.items()
+              if str(svc.get("image", "")).startswith("valkey/valkey:") or re.match(r"redis:(7|[89])", str(svc.get("image", "")))}
+    if not check(len(stores) == 1, f"ha profile: one Valkey or Redis 7+ service ({sorted(stores)})"):
+        return
+    store_name, store = next(iter(stores.items()))
+    check(not store.get("ports"), f"ha profile: {store_name} is not published on the host")
+    gateways = {n: svc for n, svc in ha.items() if as_args(svc.get("command"))[:1] == ["serve"]}
+    urls = {n: flag(as_args(svc.get("command")), "--state") or "" for n, svc in gateways.items()}
+    check(len(gateways) == 2 and all(u.startswith("redis://") for u in urls.values()) and len(set(urls.values())) == 1,
+          f"ha profile: two gateways with one and the same --state redis://... ({urls})")
+    for u in set(urls.values()):
+        hosts = state_url_hosts(u) if u.startswith("redis://") else []
+        check(len(hosts) == 1 and hosts[0][0] == store_name and (hosts[0][1] or 6379) == 6379,
+              f"ha profile: --state {u} names the service {store_name}")
+    main_image = services.get("gateway", {}).get("image")
+    check(all(svc.get("image") == main_image and svc.get("build") for svc in gateways.values()),
+          f"ha profile: the gateways are built from the repository as {main_image}")
+    envoys = {n: svc for n, svc in ha.items() if str(svc.get("image", "")).startswith("envoyproxy/envoy:v1.40")}
+    check(len(envoys) == 2, f"ha profile: two Envoys ({sorted(envoys)})")
+    published = []
+    paired = set()
+    for n, svc in envoys.items():
+        mounts = {target: Path(host) for host, target in compose_volumes(svc)}
+        src = mounts.get("/etc/envoy/envoy.yaml")
+        check(src is not None and src.resolve() == (ROOT / "envoy" / "envoy.yaml").resolve(),
+              f"ha profile: {n} runs ./envoy/envoy.yaml itself")
+        for p in svc.get("ports", []) or []:
+            if isinstance(p, dict) and str(p.get("target")) == "5000":
+                published.append(str(p.get("published")))
+        # On each of the Envoy's networks, `gateway` must be exactly one sidecar, a shared-state one.
+        answering = {g for net in nets(svc) for g, gsvc in services.items()
+                     if net in nets(gsvc) and (g == "gateway" or "gateway" in (nets(gsvc)[net].get("aliases") or []))}
+        check(len(answering) == 1 and next(iter(answering)) in gateways,
+              f"ha profile: on {n}'s networks the name `gateway` is one sidecar of the pair ({sorted(answering)})")
+        paired |= answering
+        check(all(net in nets(services.get("registry", {})) for net in nets(svc)),
+              f"ha profile: {n} reaches the registry")
+    check(paired == set(gateways), f"ha profile: each gateway serves its own Envoy ({sorted(paired)})")
+    check(len(published) == 2 and len(set(published)) == 2 and "5000" not in published and "5001" not in published,
+          f"ha profile: each Envoy on its own published port ({published})")
+    for n, svc in gateways.items():
+        check(any(net in nets(store) for net in nets(svc)) and any(net in nets(services["registry"]) for net in nets(svc)),
+              f"ha profile: {n} reaches {store_name} and the registry")
 
 
 def check_config_with_binary(path: Path, what: str) -> None:
@@ -806,7 +879,7 @@ def container_port(container: dict, port) -> int | None:
     return None
 
 
-def check_kustomize(directory: str, ext_proc: dict, harbor: bool) -> None:
+def check_kustomize(directory: str, ext_proc: dict, harbor: bool, valkey: bool = False) -> None:
     step(f"kubectl kustomize {directory}")
     kubectl = tool("KUBECTL_BIN")
     out = run([kubectl, "kustomize", directory], f"kubectl kustomize {directory}")
@@ -911,7 +984,11 @@ def check_kustomize(directory: str, ext_proc: dict, harbor: bool) -> None:
               f"{name}: envoy's probe port is the envoy-ready listener ({ready_port})")
 
     # Services.
-    services = [d for d in docs if d.get("kind") == "Service"]
+    # The gateway's Services (not those of an overlay's own store).
+    others = [dig(d, "spec", "template", "metadata", "labels", default={}) for d in docs
+              if d.get("kind") in ("StatefulSet", "Deployment") and d is not dep]
+    services = [d for d in docs if d.get("kind") == "Service"
+                and not any(selects({"matchLabels": dig(d, "spec", "selector", default={})}, o) for o in others)]
     ports = [p for s in services for p in dig(s, "spec", "ports", default=[])]
     grpc = [p for p in ports if str(p.get("name", "")).startswith("grpc-")]
     check(bool(grpc) and all(container_port(side, p.get("targetPort")) == SIDECAR_GRPC_PORT for p in grpc),
@@ -924,6 +1001,10 @@ def check_kustomize(directory: str, ext_proc: dict, harbor: bool) -> None:
         for s in services)
     check(selector_ok, f"{name}: Service selectors match the pod's labels")
 
+    check_high_availability(name, docs, dep, containers)
+    if valkey:
+        check_valkey_overlay(name, docs, dep)
+
     if harbor:
         url = flag(args, "--registry-url") or ""
         check(url.startswith("https://") and "registry:5000" not in url,
@@ -933,6 +1014,180 @@ def check_kustomize(directory: str, ext_proc: dict, harbor: bool) -> None:
         check_harbor_ingress(name, docs, url)
     else:
         check(flag(args, "--registry-url") == "http://registry:5000", f"{name}: --registry-url http://registry:5000")
+
+STATE_SECRET = "registry-gateway-state"
+STATE_SCHEMES = ("redis://", "rediss://", "redis-cluster://")
+
+
+def secret_data(secret: dict) -> dict[str, str]:
+    """A Secret's values, `data` decoded and `stringData` as written."""
+    import base64
+    out = {k: base64.b64decode(v).decode("utf-8", "replace") for k, v in (secret.get("data") or {}).items()}
+    out.update({k: str(v) for k, v in (secret.get("stringData") or {}).items()})
+    return out
+
+
+def state_url_hosts(url: str) -> list[tuple[str, int | None, str | None]]:
+    """(host, port, password) of every node a --state URL names."""
+    from urllib.parse import urlsplit
+    if url.startswith("redis-cluster://"):
+        rest = url[len("redis-cluster://"):]
+        userinfo, _, hosts = rest.rpartition("@")
+        prefix = f"redis://{userinfo}@" if userinfo else "redis://"
+        parts = [urlsplit(prefix + h.strip()) for h in hosts.rstrip("/").split(",") if h.strip()]
+    else:
+        parts = [urlsplit(url)]
+    return [(p.hostname or "", p.port, p.password) for p in parts]
+
+
+def sleep_seconds(handler: dict | None) -> int | None:
+    """How long a preStop handler waits: the kubelet's sleep action, or `sleep N` in an exec."""
+    if not handler:
+        return None
+    if "sleep" in handler:
+        return int(dig(handler, "sleep", "seconds", default=0))
+    found = re.findall(r"\bsleep\s+([0-9]+)", " ".join(as_args(dig(handler, "exec", "command"))))
+    return int(found[-1]) if found else None
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    match = selector.get("matchLabels") or {}
+    return bool(match) and all(labels.get(k) == v for k, v in match.items()) and not selector.get("matchExpressions")
+
+
+def check_high_availability(name: str, docs: list, dep: dict, containers: dict) -> None:
+    """Several replicas sharing one store, rollouts and drains that never take the front door
+    down, the state URL from a Secret (docs/high-availability.md)."""
+    spec = dep.get("spec", {})
+    pod = dig(spec, "template", "spec", default={})
+    labels = dig(spec, "template", "metadata", "labels", default={})
+    replicas = spec.get("replicas", 1)
+    check(isinstance(replicas, int) and replicas >= 3, f"{name}: replicas >= 3 ({replicas})")
+    strategy = spec.get("strategy", {})
+    ru = strategy.get("rollingUpdate", {}) or {}
+    check(strategy.get("type") == "RollingUpdate" and str(ru.get("maxUnavailable")) in ("0", "0%")
+          and str(ru.get("maxSurge", "25%")) not in ("0", "0%"),
+          f"{name}: strategy RollingUpdate, maxUnavailable 0, maxSurge > 0 ({strategy})")
+
+    pdbs = [d for d in docs if d.get("kind") == "PodDisruptionBudget"
+            and selects(dig(d, "spec", "selector", default={}), labels)]
+    if check(len(pdbs) == 1, f"{name}: one PodDisruptionBudget selects the gateway's pods"):
+        pspec = pdbs[0]["spec"]
+        min_av, max_un = pspec.get("minAvailable"), pspec.get("maxUnavailable")
+        check((isinstance(min_av, int) and 2 <= min_av < replicas)
+              or (isinstance(max_un, int) and max_un >= 1 and replicas - max_un >= 2),
+              f"{name}: the PodDisruptionBudget keeps at least 2 pods and lets one go "
+              f"(minAvailable {min_av}, maxUnavailable {max_un}, replicas {replicas})")
+        check(dig(pdbs[0], "metadata", "namespace") == dig(dep, "metadata", "namespace"),
+              f"{name}: the PodDisruptionBudget is in the Deployment's namespace")
+
+    spread = pod.get("topologySpreadConstraints", []) or []
+    keys = {t.get("topologyKey"): t for t in spread if selects(t.get("labelSelector", {}), labels)}
+    check("kubernetes.io/hostname" in keys and "topology.kubernetes.io/zone" in keys,
+          f"{name}: topologySpreadConstraints over nodes and zones, selecting the gateway's pods ({sorted(keys)})")
+    check(dig(keys, "kubernetes.io/hostname", "whenUnsatisfiable") == "DoNotSchedule",
+          f"{name}: two replicas never share a node (hostname spread DoNotSchedule)")
+
+    side, envoy = containers.get("registry-gateway", {}), containers.get("envoy", {})
+    for cname, c in (("registry-gateway", side), ("envoy", envoy)):
+        check(bool(dig(c, "readinessProbe", "httpGet")), f"{name}: {cname} has an HTTP readiness probe")
+
+    # The termination timeline: Envoy drains, the sidecar outlives it, the kubelet waits for both.
+    args = as_args(side.get("command", [])) + as_args(side.get("args", []))
+    eargs = as_args(envoy.get("command", [])) + as_args(envoy.get("args", []))
+    grace = duration_seconds(flag(args, "--shutdown-grace") or "10s") or 10
+    envoy_wait = sleep_seconds(dig(envoy, "lifecycle", "preStop"))
+    side_wait = sleep_seconds(dig(side, "lifecycle", "preStop"))
+    drain = flag(eargs, "--drain-time-s")
+    envoy_pre = " ".join(as_args(dig(envoy, "lifecycle", "preStop", "exec", "command")))
+    check("/drain_listeners?graceful" in envoy_pre and "127.0.0.1/9901" in envoy_pre,
+          f"{name}: Envoy's preStop starts a graceful drain through its loopback admin interface")
+    check(flag(eargs, "--drain-strategy") == "immediate" and drain is not None and envoy_wait is not None
+          and 0 < int(drain) < envoy_wait,
+          f"{name}: Envoy drains immediately and closes its listeners ({drain}s) before its preStop ends ({envoy_wait}s)")
+    check(envoy_wait is not None and side_wait is not None and side_wait > envoy_wait,
+          f"{name}: the sidecar's preStop ({side_wait}s) outlasts Envoy's ({envoy_wait}s): Envoy never calls a stopped sidecar")
+    tgps = pod.get("terminationGracePeriodSeconds", 30)
+    check(side_wait is not None and tgps >= side_wait + grace,
+          f"{name}: terminationGracePeriodSeconds ({tgps}) covers the sidecar's preStop ({side_wait}s) "
+          f"plus --shutdown-grace ({grace:g}s)")
+
+    # The state URL: from a Secret, never a literal, never with a password in it.
+    envs = {e.get("name"): e for e in side.get("env", []) or []}
+    state = envs.get("REGISTRY_GATEWAY_STATE", {})
+    ref = dig(state, "valueFrom", "secretKeyRef", default={})
+    check(flag(args, "--state") is None and "value" not in state and ref.get("name") == STATE_SECRET
+          and ref.get("key") == "url",
+          f"{name}: REGISTRY_GATEWAY_STATE comes from secretKeyRef {STATE_SECRET}/url (no --state flag, no literal)")
+    literal = [e["name"] for e in envs.values() if "value" in e and re.search(r"PASSWORD|SECRET|TOKEN", e["name"])
+               and not e["name"].endswith("_FILE")]
+    check(not literal and not any(a.startswith(("--state-password=", "--registry-password")) for a in args),
+          f"{name}: no password is written in the sidecar's env or args ({literal})")
+    secrets = {dig(d, "metadata", "name"): d for d in docs if d.get("kind") == "Secret"}
+    data = secret_data(secrets.get(STATE_SECRET, {}))
+    url = data.get("url", "")
+    if check(url.startswith(STATE_SCHEMES), f"{name}: Secret {STATE_SECRET} holds a redis://, rediss:// or "
+             f"redis-cluster:// url ({url.split('@')[-1] or 'missing'})"):
+        check(all(pw is None for _, _, pw in state_url_hosts(url)),
+              f"{name}: the state url carries no password (it goes in the key `password`, as a file)")
+    pw_file = envs.get("REGISTRY_GATEWAY_STATE_PASSWORD_FILE", {}).get("value") or flag(args, "--state-password-file")
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    mounted = None
+    for m in side.get("volumeMounts", []):
+        vol = volumes.get(m["name"], {})
+        if pw_file and dig(vol, "secret", "secretName") == STATE_SECRET and pw_file.startswith(m["mountPath"].rstrip("/") + "/"):
+            key = pw_file[len(m["mountPath"].rstrip("/")) + 1:]
+            items = dig(vol, "secret", "items")
+            mounted = next((i["key"] for i in items if i.get("path") == key), None) if items else key
+    check(mounted == "password" and "password" in data,
+          f"{name}: --state-password-file ({pw_file}) is the key `password` of Secret {STATE_SECRET}, mounted")
+
+
+def check_valkey_overlay(name: str, docs: list, dep: dict) -> None:
+    """The overlay's own Valkey: one pod, a Service, the password from the Secret the gateway reads,
+    and the gateway's state URL pointing at that Service."""
+    sets = [d for d in docs if d.get("kind") in ("StatefulSet", "Deployment") and d is not dep]
+    store = sets[0] if len(sets) == 1 else {}
+    c = dig(store, "spec", "template", "spec", "containers", 0, default={})
+    image = str(c.get("image", ""))
+    check(store.get("kind") == "StatefulSet" and dig(store, "spec", "replicas") == 1,
+          f"{name}: the store is a StatefulSet of one (never two stores side by side)")
+    check(image.startswith("valkey/valkey:8") or re.match(r"redis:(7|[89])", image) is not None,
+          f"{name}: store image valkey/valkey:8 or redis:7+ ({image}; SET NX GET needs 7.0)")
+    labels = dig(store, "spec", "template", "metadata", "labels", default={})
+    services = [d for d in docs if d.get("kind") == "Service"
+                and dig(d, "spec", "selector") and all(labels.get(k) == v for k, v in d["spec"]["selector"].items())]
+    svc = services[0] if len(services) == 1 else {}
+    check(bool(svc), f"{name}: a Service selects the store's pod")
+    check(dig(store, "metadata", "namespace") == dig(dep, "metadata", "namespace") == dig(svc, "metadata", "namespace"),
+          f"{name}: the store, its Service and the gateway share a namespace")
+    secrets = {dig(d, "metadata", "name"): d for d in docs if d.get("kind") == "Secret"}
+    data = secret_data(secrets.get(STATE_SECRET, {}))
+    hosts = state_url_hosts(data.get("url", "")) if data.get("url", "").startswith(STATE_SCHEMES) else []
+    svc_ports = {p.get("port") for p in dig(svc, "spec", "ports", default=[])}
+    check(len(hosts) == 1 and hosts[0][0] == dig(svc, "metadata", "name") and (hosts[0][1] or 6379) in svc_ports,
+          f"{name}: the gateway's state url points at the store's Service ({data.get('url')})")
+    envs = {e.get("name"): e for e in c.get("env", []) or []}
+    refs = [dig(e, "valueFrom", "secretKeyRef", default={}) for e in envs.values()]
+    check(any(r.get("name") == STATE_SECRET and r.get("key") == "password" for r in refs)
+          and not any("value" in e and "PASS" in e["name"] for e in envs.values()),
+          f"{name}: the store's password comes from Secret {STATE_SECRET}/password, the one the gateway reads")
+    text = " ".join(as_args(c.get("command")) + as_args(c.get("args")))
+    password = data.get("password", "")
+    check("requirepass" in text and (not password or password not in text),
+          f"{name}: the store requires a password and no password is written in its command")
+    check("REPLACE-" in text and password.startswith("REPLACE-"),
+          f"{name}: the store refuses to start with the shipped placeholder password")
+    sc = c.get("securityContext", {})
+    check(sc.get("readOnlyRootFilesystem") is True and sc.get("allowPrivilegeEscalation") is False
+          and dig(store, "spec", "template", "spec", "securityContext", "runAsNonRoot") is True,
+          f"{name}: the store runs as non-root with a read-only root filesystem")
+    check(bool(c.get("readinessProbe")) and bool(dig(c, "resources", "limits", "memory")),
+          f"{name}: the store has a readiness probe and a memory limit")
+    mm = re.search(r"--maxmemory\s+([0-9]+)mb", text)
+    limit = quantity_bytes(dig(c, "resources", "limits", "memory", default="0")) or 0
+    check(mm is not None and int(mm.group(1)) * MIB1 < limit and "noeviction" in text,
+          f"{name}: --maxmemory below the memory limit, noeviction (a reservation is never evicted)")
 
 
 def check_harbor_ingress(name: str, docs: list, registry_url: str) -> None:
@@ -1539,6 +1794,7 @@ def main() -> int:
     check_compose(ext_proc)
     check_kustomize("deploy/kubernetes", ext_proc, harbor=False)
     check_kustomize("deploy/kubernetes/overlays/harbor", ext_proc, harbor=True)
+    check_kustomize("deploy/kubernetes/overlays/valkey", ext_proc, harbor=False, valkey=True)
     check_istio()
     check_gateway_api()
     print()
