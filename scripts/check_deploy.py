@@ -1112,6 +1112,20 @@ def check_high_availability(name: str, docs: list, dep: dict, containers: dict) 
           f"{name}: terminationGracePeriodSeconds ({tgps}) covers the sidecar's preStop ({side_wait}s) "
           f"plus --shutdown-grace ({grace:g}s)")
 
+    # A live push settles before its lease runs out: the lease outlasts Envoy's manifest-write
+    # route timeout plus the message timeout of the response phase.
+    envoy_cfg = next((yaml.safe_load(d["data"]["envoy.yaml"]) for d in docs if d.get("kind") == "ConfigMap"
+                      and "envoy.yaml" in (d.get("data") or {})), None)
+    route_timeout = message_timeout = None
+    if envoy_cfg:
+        hcm = hcm_of(next(l for l in envoy_cfg["static_resources"]["listeners"] if l["name"] != "envoy-ready"))
+        route_timeout = duration_seconds(dig(routes_of(hcm).get("manifest-write", {}), "route", "timeout"))
+        message_timeout = duration_seconds(ext_proc_filter(envoy_cfg).get("message_timeout"))
+    lease = duration_seconds(flag(args, "--state-lease") or "30s")
+    check(None not in (lease, route_timeout, message_timeout) and lease > route_timeout + message_timeout,
+          f"{name}: --state-lease ({lease}s) outlasts the manifest-write route timeout ({route_timeout}s) plus the "
+          f"ext_proc message timeout ({message_timeout}s)")
+
     # The state URL: from a Secret, never a literal, never with a password in it.
     envs = {e.get("name"): e for e in side.get("env", []) or []}
     state = envs.get("REGISTRY_GATEWAY_STATE", {})
