@@ -136,12 +136,15 @@ pub async fn build(args: &ServeArgs) -> Result<App, AppError> {
             .map(|p| {
                 std::fs::read_to_string(p)
                     .map(|text| text.trim_end_matches(['\r', '\n']).to_owned())
+                    // An empty Secret key means "none", not an empty password.
+                    .map(|text| (!text.is_empty()).then_some(text))
                     .map_err(|source| crate::shared::StateError::Credentials {
                         path: p.display().to_string(),
                         source,
                     })
             })
             .transpose()
+            .map(Option::flatten)
             .map_err(AppError::from)
     };
     let state_url = crate::shared::StateUrl::parse(
