@@ -412,3 +412,72 @@ async fn a_three_master_cluster_admits_exactly_the_room_left() {
         assert_exact(&pods, &repo, &statuses, LIMIT).await;
     }
 }
+
+/// A rolling restart, one pod at a time, while pushes and pulls go on: each pod leaves the
+/// rotation (as its endpoint leaves the Service), its sidecar gets SIGTERM and finishes what it
+/// holds, and a new pod joins. No pull fails, no honest push fails, and exactly the room left is
+/// admitted over the whole rollout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_fails_no_pull_and_admits_exactly_the_room_left() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, RwLock};
+
+    let redis = Redis::start(false).await;
+    let mut pods = Pods::start(3, &redis.url(), &[]).await;
+    let repo = "shared/rollout";
+    let direct = pods.registry.client();
+    let manifest = image(&direct, repo).await;
+    assert_eq!(direct.put_manifest(repo, "base", OCI, &manifest("base")).await.status, 201);
+
+    let ready: Arc<RwLock<Vec<(usize, RegistryClient)>>> =
+        Arc::new(RwLock::new(pods.clients().into_iter().enumerate().collect()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (ready, stop) = (ready.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut pulls, mut pushes) = (Vec::new(), Vec::new());
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let client = {
+                    let ready = ready.read().expect("rotation");
+                    ready[i % ready.len()].1.clone()
+                };
+                pulls.push(client.get_manifest(repo, "base").await.status);
+                let body = manifest(&format!("push-{i}"));
+                pushes.push(client.put_manifest(repo, &format!("p{i}"), OCI, &body).await.status);
+                i += 1;
+            }
+            (pulls, pushes)
+        })
+    };
+    for pod in 0..pods.pairs.len() {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        ready.write().expect("rotation").retain(|(p, _)| *p != pod);
+        // The pod's preStop pause: requests already routed to it finish; then SIGTERM drains.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (gateway, _envoy) = &mut pods.pairs[pod];
+        let status = gateway.stop().await;
+        assert!(status.success(), "pod {pod}: the sidecar exited {status:?} on SIGTERM");
+        let options = gateway.options().clone();
+        let gateway = Gateway::start(options).await;
+        let envoy = Envoy::start(EnvoyOptions {
+            registry_addr: pods.registry.addr(),
+            gateway_addr: gateway.grpc_addr(),
+        })
+        .await;
+        let client = envoy.client();
+        pods.pairs[pod] = (gateway, envoy);
+        ready.write().expect("rotation").push((pod, client));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (pulls, pushes) = load.await.expect("load");
+    assert!(pulls.iter().all(|s| *s == 200), "a pull failed: {pulls:?}");
+    assert!(
+        pushes.iter().all(|s| *s == 201 || *s == 403),
+        "an honest push failed: {pushes:?}"
+    );
+    let admitted = pushes.iter().filter(|s| **s == 201).count();
+    assert_eq!(admitted, (LIMIT - 1).min(pushes.len()), "{pushes:?}");
+    assert_eq!(pods.registry.client().list_tags(repo).await.len(), LIMIT.min(1 + pushes.len()));
+}
