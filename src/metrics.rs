@@ -45,6 +45,8 @@ pub struct Metrics {
     pub reservations: Family<ResultLabels, Counter>,
     pub client_checks: Family<ResultLabels, Counter>,
     pub state_calls: Family<StateLabels, Counter>,
+    pub books: Gauge,
+    pub book_evictions: Counter,
     registry: Registry,
 }
 
@@ -123,6 +125,18 @@ impl Metrics {
             "Calls to the shared state store (Redis/Valkey), by script and result; one decide per decision with a warm cache",
             state_calls.clone(),
         );
+        let books = Gauge::default();
+        registry.register(
+            "tag_books",
+            "Repositories whose tag books this process keeps (memory mode; capped)",
+            books.clone(),
+        );
+        let book_evictions = Counter::default();
+        registry.register(
+            "tag_book_evictions",
+            "Tag books forgotten to stay under the cap; an evicted repository is read again",
+            book_evictions.clone(),
+        );
         Self {
             decisions,
             decision_seconds,
@@ -134,6 +148,8 @@ impl Metrics {
             reservations,
             client_checks,
             state_calls,
+            books,
+            book_evictions,
             registry,
         }
     }

@@ -64,6 +64,21 @@ impl BookState {
             .extend(tags.iter().map(|tag| (tag.clone(), now)));
     }
 
+    /// Frees doubts older than `max_age` and marks the list to be read again.
+    pub(super) fn expire_doubts(&mut self, now: Instant, max_age: Duration) {
+        let before = self.doubts.len();
+        let (old, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.doubts)
+            .into_iter()
+            .partition(|(_, since)| now.duration_since(*since) >= max_age);
+        self.doubts = kept;
+        for (tag, _) in old {
+            self.book.release(&tag);
+        }
+        if self.doubts.len() != before {
+            self.apply(Change::Stale);
+        }
+    }
+
     /// A read that began at `started` shows every push doubted a grace period before it.
     pub(super) fn resolve_doubts(&mut self, started: Instant) {
         let (resolved, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.doubts)
@@ -97,15 +112,31 @@ pub(super) struct Books {
     pub(super) repos: Mutex<HashMap<String, Arc<Repo>>>,
 }
 
+/// Books kept at most. A flood of distinct repository names (each one valid, from a client the
+/// registry accepts) cannot grow memory past it: the least recently used books that hold no
+/// reservation and no decision in progress are forgotten, and read again when next needed.
+pub(super) const MAX_BOOKS: usize = 20_000;
+
 impl Books {
-    pub(super) fn get(&self, repository: &str) -> Arc<Repo> {
+    /// The book of `repository`, made when missing; `evicted` counts books forgotten to make room.
+    pub(super) fn get(&self, repository: &str) -> (Arc<Repo>, usize) {
         let mut repos = self.repos.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(repo) = repos.get(repository) {
-            return repo.clone();
+            return (repo.clone(), 0);
         }
+        let evicted = if repos.len() >= MAX_BOOKS {
+            evict_least_recent(&mut repos)
+        } else {
+            0
+        };
         let repo = Arc::new(Repo::default());
         repos.insert(repository.to_owned(), repo.clone());
-        repo
+        (repo, evicted)
+    }
+
+    /// How many books are kept.
+    pub(super) fn len(&self) -> usize {
+        self.repos.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     pub(super) fn existing(&self, repository: &str) -> Option<Arc<Repo>> {
@@ -121,7 +152,10 @@ impl Books {
             if Arc::strong_count(repo) > 1 {
                 return true;
             }
-            let state = repo.lock();
+            let mut state = repo.lock();
+            // A doubt is settled by the next read; one nobody asks about for this long is let
+            // go (and the list marked for reading), so hung-up pushes cannot pin books forever.
+            state.expire_doubts(now, idle);
             state.book.has_reservations()
                 || state
                     .last_used
@@ -129,4 +163,23 @@ impl Books {
         });
         before - repos.len()
     }
+}
+
+/// Forgets a tenth of the books, least recently used first, among those nobody holds and that
+/// hold no reservation. Amortised: one sort per `MAX_BOOKS / 10` new names.
+fn evict_least_recent(repos: &mut HashMap<String, Arc<Repo>>) -> usize {
+    let mut idle: Vec<(Option<Instant>, String)> = repos
+        .iter()
+        .filter(|(_, repo)| Arc::strong_count(repo) == 1)
+        .filter_map(|(name, repo)| {
+            let state = repo.lock();
+            (!state.book.has_reservations()).then(|| (state.last_used, name.clone()))
+        })
+        .collect();
+    idle.sort_unstable();
+    let n = (MAX_BOOKS / 10).min(idle.len());
+    for (_, name) in idle.into_iter().take(n) {
+        repos.remove(&name);
+    }
+    n
 }

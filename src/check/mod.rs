@@ -334,7 +334,7 @@ impl<S: TagSource> Checker<S> {
                         Ok(Some((decision, Some(Backing::Shared(Box::new(lease))))))
                     }
                     None => {
-                        let repo = self.books.get(&write.repository);
+                        let repo = self.book(&write.repository);
                         let decision = self.decide_with_tags(&repo, query, slots).await?;
                         Ok(Some((decision, Some(Backing::Memory(repo)))))
                     }
@@ -630,10 +630,7 @@ impl<S: TagSource> Checker<S> {
             self.shared_change(&write.repository, Change::Stale);
             return;
         }
-        self.books
-            .get(&write.repository)
-            .lock()
-            .apply(Change::Stale);
+        self.book(&write.repository).lock().apply(Change::Stale);
     }
 
     /// The exclusion list that applies to `repository` now.
@@ -660,6 +657,16 @@ impl<S: TagSource> Checker<S> {
         shared.settle_later(keys, op, String::new(), Vec::new(), tags);
     }
 
+    /// The in-process book of `repository`, counting any books forgotten to make room for it.
+    fn book(&self, repository: &str) -> Arc<Repo> {
+        let (repo, evicted) = self.books.get(repository);
+        if evicted > 0 {
+            self.metrics.book_evictions.inc_by(evicted as u64);
+            self.metrics.books.set(self.books.len() as i64);
+        }
+        repo
+    }
+
     /// Where an admitted push that needed no count keeps its (empty) reservation.
     fn backing_for(&self, repository: &str) -> Backing {
         match &self.shared {
@@ -672,13 +679,22 @@ impl<S: TagSource> Checker<S> {
                     filter,
                 }))
             }
-            None => Backing::Memory(self.books.get(repository)),
+            None => Backing::Memory(self.book(repository)),
         }
     }
 
     /// A manifest `DELETE` the registry answered: a deleted tag frees its slot at once; a
     /// delete by digest removes tags we cannot name, so the list is read again next time.
     pub fn observe_delete(&self, write: &ManifestWrite, status: u16) {
+        tracing::info!(
+            transport = Transport::ExtProc.as_str(),
+            repository = %write.repository,
+            reference = %write.reference.as_str(),
+            status,
+            outcome = "allow",
+            reason = "delete",
+            "decision"
+        );
         if !(200..300).contains(&status) {
             return;
         }
@@ -705,6 +721,14 @@ impl<S: TagSource> Checker<S> {
     /// It is marked again after `reservation_ttl`, in case a read in between saw the list from
     /// before the delete landed.
     pub fn observe_unconfirmed_delete(&self, write: &ManifestWrite) {
+        tracing::info!(
+            transport = Transport::ExtAuthz.as_str(),
+            repository = %write.repository,
+            reference = %write.reference.as_str(),
+            outcome = "allow",
+            reason = "delete",
+            "decision"
+        );
         if self.shared.is_some() {
             self.shared_change(&write.repository, Change::Stale);
             let ttl = self.options.reservation_ttl;
@@ -732,10 +756,12 @@ impl<S: TagSource> Checker<S> {
 
     /// Forgets idle repositories; call periodically.
     pub fn sweep(&self) -> usize {
-        self.books.sweep(
+        let forgotten = self.books.sweep(
             Instant::now(),
             self.options.tag_cache_ttl.max(Duration::from_secs(60)),
-        )
+        );
+        self.metrics.books.set(self.books.len() as i64);
+        forgotten
     }
 }
 

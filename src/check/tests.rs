@@ -668,3 +668,42 @@ async fn idle_repositories_are_forgotten() {
         1
     );
 }
+
+/// A flood of distinct repository names keeps at most `MAX_BOOKS` books; honest repositories keep
+/// their exact counts, an evicted one is simply read again.
+#[tokio::test]
+async fn the_books_are_capped_and_an_evicted_repository_is_read_again() {
+    let source = source_with(&["a"]);
+    let calls = source.calls.clone();
+    let c = checker(source, "tag_count_limit: 2\n", CheckOptions::default());
+    let honest = put("/v2/honest/manifests/b");
+    let t = c
+        .check_push(Transport::ExtProc, &honest, Some(OCI), BODY, None)
+        .await
+        .ticket
+        .expect("allowed");
+    // Held while the flood goes on: a book with a reservation is never evicted.
+    for i in 0..(books::MAX_BOOKS + books::MAX_BOOKS / 2) {
+        let w = put(&format!("/v2/flood/n{i}/manifests/x"));
+        let checked = c
+            .check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
+            .await;
+        if let Some(t) = checked.ticket {
+            t.settle(201, &[]);
+        }
+    }
+    assert!(c.books.len() <= books::MAX_BOOKS, "{}", c.books.len());
+    assert!(c.metrics.book_evictions.get() > 0);
+    t.settle(201, &[]);
+    let over = put("/v2/honest/manifests/c");
+    let got = c
+        .check_push(Transport::ExtProc, &over, Some(OCI), BODY, None)
+        .await;
+    assert!(
+        matches!(got.outcome, Outcome::Deny(ref d) if d.reason == DenyReason::TagLimit),
+        "{:?}",
+        got.outcome
+    );
+    let before = calls.load(Ordering::SeqCst);
+    assert!(before > books::MAX_BOOKS, "every flood name was read once");
+}

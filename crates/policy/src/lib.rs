@@ -152,6 +152,11 @@ impl Policy {
             let denial = decision::invalid(&facts, DenyReason::ManifestTooLarge, &what);
             return deny(facts, denial);
         }
+        // Logged with a refusal too: a schema 1 push says which type was refused.
+        facts.media_type = push
+            .content_type
+            .and_then(MediaType::from_content_type)
+            .map(MediaType::as_str);
         let measured = match manifest::measure(push.content_type, push.body) {
             Ok(m) => m,
             Err(e) => {
