@@ -481,3 +481,34 @@ async fn a_rolling_restart_fails_no_pull_and_admits_exactly_the_room_left() {
     assert_eq!(admitted, (LIMIT - 1).min(pushes.len()), "{pushes:?}");
     assert_eq!(pods.registry.client().list_tags(repo).await.len(), LIMIT.min(1 + pushes.len()));
 }
+
+/// With a warm cache a decision is one store call (the `decide` script); the settlement after
+/// the registry's answer is one more, off the decision's path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_warm_decision_is_one_store_round_trip() {
+    let redis = Redis::start(false).await;
+    let pods = Pods::start(1, &redis.url(), &[]).await;
+    let client = pods.clients().remove(0);
+    let repo = "shared/warm";
+    let manifest = image(&client, repo).await;
+    assert_eq!(client.put_manifest(repo, "cold", OCI, &manifest("c")).await.status, 201);
+    let calls = |text: &str, op: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with("registry_gateway_state_store_calls_total{") && l.contains(&format!("op=\"{op}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    let admin = pods.pairs[0].0.admin();
+    let before = admin.request("GET", "/metrics", &[], None).await.text();
+    for tag in ["w1", "w2", "w3", "cold"] {
+        let reply = client.put_manifest(repo, tag, OCI, &manifest(tag)).await;
+        assert_eq!(reply.status, 201, "{tag}: {}", reply.text());
+    }
+    // Settlements are sent without waiting; let them land.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = admin.request("GET", "/metrics", &[], None).await.text();
+    assert_eq!(calls(&after, "decide") - calls(&before, "decide"), 4, "{after}");
+    assert_eq!(calls(&after, "begin") - calls(&before, "begin"), 0, "no tag-list read");
+    assert_eq!(calls(&after, "complete") - calls(&before, "complete"), 0);
+    assert_eq!(calls(&after, "settle") - calls(&before, "settle"), 4);
+}
