@@ -17,10 +17,13 @@ FROM rust:${RUST_VERSION}-slim-bookworm AS build
 WORKDIR /src
 
 # Only what the build reads. build.rs compiles proto/ with protox (pure Rust: no protoc), and TLS
-# is rustls with ring (a C compiler, which the rust image has; no OpenSSL headers).
+# is rustls with ring (a C compiler, which the rust image has; no OpenSSL headers). Cargo reads the
+# manifest of every workspace member (crates/, tools/) even to build the one binary.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto
 COPY src ./src
+COPY crates ./crates
+COPY tools ./tools
 
 # --locked: exactly the dependency versions of Cargo.lock, or fail. The cache mounts keep the
 # crates.io download and the target directory between builds; the binary is copied out of the

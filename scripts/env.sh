@@ -5,7 +5,7 @@
 #   SKOPEO_BIN    skopeo, Debian `skopeo`
 #   HTPASSWD_BIN  htpasswd (bcrypt entries for the registry's Basic auth), Debian `apache2-utils`
 # A variable already set is kept. The tests find the same defaults without these variables
-# (tests/support/mod.rs); `scripts/setup` installs whatever is missing.
+# (crates/testkit/src/lib.rs); `scripts/setup` installs whatever is missing.
 
 _rg_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 

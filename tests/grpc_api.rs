@@ -2,7 +2,7 @@
 //! every service, health answers, and the pre-flight `registry_gateway.v1.Policy` API explains
 //! limits and evaluates pushes without taking a tag slot.
 
-mod support;
+use registry_gateway_testkit as support;
 
 use registry_gateway::preflight::pb::policy_client::PolicyClient;
 use registry_gateway::preflight::pb::{EvaluateRequest, ExplainRequest, Outcome};

@@ -1,0 +1,19 @@
+//! The end-to-end tests, one binary: real distribution, Envoy 1.40 and the `registry-gateway`
+//! binary on loopback, driven through `registry-gateway-testkit` (`crates/testkit`). One module
+//! per concern; a new scenario is a new `#[tokio::test]` in the module it belongs to, or a new
+//! module declared here, using the kit's [`support::Stack`] and friends (CONTRIBUTING.md).
+
+use registry_gateway_testkit as support;
+
+/// No bypass, no lockout, no leak (probes through Envoy in both modes).
+mod bypass;
+/// Exact tag limits under concurrent pushes.
+mod concurrency;
+/// The shipped Envoy config alone, with a recording stand-in processor.
+mod envoy;
+/// ext_authz mode against ext_proc mode: one table, the same answers.
+mod ext_authz;
+/// Replicas sharing their tag books in a real Redis.
+mod shared;
+/// The sidecar behind Envoy: limits, manifests, auth flows, reload, shutdown.
+mod sidecar;

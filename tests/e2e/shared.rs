@@ -1,0 +1,549 @@
+//! Several sidecar replicas sharing their tag books in a real Redis (Debian's `redis-server`,
+//! standalone and as a 3-master Cluster, on loopback ephemeral ports), each behind its own
+//! real Envoy, as pods of one Deployment are. Concurrent pushes spread over every replica must
+//! admit exactly the room left, whatever replicas or Redis do meanwhile.
+
+use crate::support;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use std::process::{Child, Command};
+use support::{
+    Envoy, EnvoyOptions, Gateway, GatewayOptions, Registry, RegistryClient, RegistryOptions,
+};
+
+const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
+const LIMIT: usize = 5;
+const CONFIG: &str = "max_image_size: 1MB\ntag_count_limit: 5\n";
+
+fn redis_bin(name: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/local/bin"] {
+        let path = PathBuf::from(dir).join(name);
+        if path.exists() {
+            return path;
+        }
+    }
+    panic!("`{name}` not found: scripts/setup installs Debian's redis-server and redis-tools");
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// One `redis-server` on loopback, killed (by PID) on drop.
+struct Redis {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+    cluster: bool,
+}
+
+impl Redis {
+    async fn start(cluster: bool) -> Redis {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut redis = Redis {
+            child: None,
+            port: free_port(),
+            dir,
+            cluster,
+        };
+        redis.spawn().await;
+        redis
+    }
+
+    async fn spawn(&mut self) {
+        let mut cmd = Command::new(redis_bin("redis-server"));
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path());
+        if self.cluster {
+            cmd.args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                .arg(self.dir.path().join("nodes.conf"));
+        }
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        self.child = Some(cmd.spawn().expect("redis-server starts"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.cli(&["PING"]).await.as_deref() != Some("PONG") {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on {} never answered",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new(redis_bin("redis-cli"))
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(args)
+            .output()
+            .ok()?;
+        Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stopped and started again on the same port, with an empty dataset.
+    async fn restart_empty(&mut self) {
+        self.stop().await;
+        self.spawn().await;
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Three masters joined into one Cluster.
+async fn cluster() -> (Vec<Redis>, String) {
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Redis::start(true).await);
+    }
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.port))
+        .collect();
+    let out = Command::new(redis_bin("redis-cli"))
+        .arg("--cluster")
+        .arg("create")
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli --cluster create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut ok = true;
+        for node in &nodes {
+            let info = node.cli(&["CLUSTER", "INFO"]).await.unwrap_or_default();
+            ok &= info.contains("cluster_state:ok");
+        }
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cluster never came up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let url = format!("redis-cluster://{}", addrs.join(","));
+    (nodes, url)
+}
+
+/// A registry and `replicas` pairs of sidecar + Envoy sharing `state`.
+struct Pods {
+    registry: Registry,
+    pairs: Vec<(Gateway, Envoy)>,
+    _config: tempfile::TempDir,
+}
+
+impl Pods {
+    async fn start(replicas: usize, state: &str, extra: &[&str]) -> Pods {
+        let registry = Registry::start(RegistryOptions::default()).await;
+        let config = tempfile::tempdir().expect("temp dir");
+        let config_path = config.path().join("config.yaml");
+        std::fs::write(&config_path, CONFIG).expect("write config");
+        let mut pairs = Vec::new();
+        for _ in 0..replicas {
+            let mut options = GatewayOptions::new(&config_path, &registry.url());
+            options.extra_args = ["--state", state]
+                .iter()
+                .chain(extra)
+                .map(|s| s.to_string())
+                .collect();
+            let gateway = Gateway::start(options).await;
+            let envoy = Envoy::start(EnvoyOptions {
+                registry_addr: registry.addr(),
+                gateway_addr: gateway.grpc_addr(),
+            })
+            .await;
+            pairs.push((gateway, envoy));
+        }
+        Pods {
+            registry,
+            pairs,
+            _config: config,
+        }
+    }
+
+    fn clients(&self) -> Vec<RegistryClient> {
+        self.pairs.iter().map(|(_, e)| e.client()).collect()
+    }
+}
+
+/// A small image's blobs in `repo`, and its manifest with a marker.
+async fn image(client: &RegistryClient, repo: &str) -> impl Fn(&str) -> Vec<u8> + use<> {
+    let config = client.upload_blob(repo, b"{}").await;
+    let layer = client.upload_blob(repo, b"shared layer").await;
+    move |marker: &str| {
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":12}}],"annotations":{{"m":"{marker}"}}}}"#
+        )
+        .into_bytes()
+    }
+}
+
+/// `n` concurrent pushes of new tags into `repo`, spread round-robin over `clients`; returns
+/// the statuses.
+async fn burst(clients: &[RegistryClient], repo: &str, n: usize, round: usize) -> Vec<u16> {
+    let manifest = image(&clients[0], repo).await;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let client = clients[i % clients.len()].clone();
+        let body = manifest(&format!("{round}-{i}"));
+        let repo = repo.to_owned();
+        tasks.push(tokio::spawn(async move {
+            client
+                .send(
+                    "PUT",
+                    &format!("/v2/{repo}/manifests/t{round}-{i}"),
+                    &[("content-type", OCI)],
+                    Some(body),
+                )
+                .await
+                .map_or(0, |r| r.status)
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.expect("push task"));
+    }
+    statuses
+}
+
+async fn assert_exact(pods: &Pods, repo: &str, statuses: &[u16], room: usize) {
+    let admitted = statuses.iter().filter(|s| **s == 201).count();
+    let tags = pods.registry.client().list_tags(repo).await;
+    assert!(
+        tags.len() <= LIMIT,
+        "{repo}: overshoot, the registry holds {tags:?}"
+    );
+    assert_eq!(
+        admitted,
+        room.min(statuses.len()),
+        "{repo}: statuses {statuses:?}, tags {tags:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 403),
+        "{repo}: an honest push failed: {statuses:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_replicas_on_one_redis_admit_exactly_the_room_left_in_every_round() {
+    let redis = Redis::start(false).await;
+    let pods = Pods::start(3, &redis.url(), &[]).await;
+    let clients = pods.clients();
+    for round in 0..6 {
+        let repo = format!("shared/r{round}");
+        // Some tags straight to the registry first: only its tag list tells the replicas.
+        let seeded = round % 4;
+        let direct = pods.registry.client();
+        let manifest = image(&direct, &repo).await;
+        for s in 0..seeded {
+            let reply = direct
+                .put_manifest(&repo, &format!("seed{s}"), OCI, &manifest(&format!("s{s}")))
+                .await;
+            assert_eq!(reply.status, 201);
+        }
+        let statuses = burst(&clients, &repo, 12, round).await;
+        assert_exact(&pods, &repo, &statuses, LIMIT - seeded).await;
+    }
+    // One tag-list read per repository, not one per replica: six rounds, six full reads
+    // (client checks ask with `n=1`).
+    let full_reads = pods
+        .registry
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.method == "GET" && r.path().ends_with("/tags/list") && !r.target.contains("n=1")
+        })
+        .count();
+    // Six by the replicas, six by this test's own checks.
+    assert_eq!(full_reads, 12, "tag-list reads at the registry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_killed_mid_round_never_lets_the_others_overshoot() {
+    let redis = Redis::start(false).await;
+    let mut pods = Pods::start(3, &redis.url(), &["--state-lease", "3s"]).await;
+    let clients = pods.clients();
+    let repo = "shared/killed";
+    let pushes = tokio::spawn({
+        let clients = clients.clone();
+        async move { burst(&clients, repo, 15, 0).await }
+    });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    pods.pairs[0].0.kill();
+    let statuses = pushes.await.expect("pushes");
+    let tags = pods.registry.client().list_tags(repo).await;
+    assert!(tags.len() <= LIMIT, "overshoot: {tags:?}");
+    let admitted = statuses.iter().filter(|s| **s == 201).count();
+    assert!(admitted <= LIMIT, "{statuses:?}");
+    // Whatever the dead replica held runs out with its lease; the room left is then taken,
+    // exactly, through the survivors.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let room = LIMIT - tags.len();
+    let statuses = burst(&clients[1..], repo, 8, 1).await;
+    let admitted = statuses.iter().filter(|s| **s == 201).count();
+    assert_eq!(admitted, room.min(8), "after the lease: {statuses:?}");
+    assert_eq!(
+        pods.registry.client().list_tags(repo).await.len(),
+        LIMIT.min(tags.len() + 8)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_restarted_empty_rebuilds_counts_from_the_registry() {
+    let mut redis = Redis::start(false).await;
+    let pods = Pods::start(2, &redis.url(), &[]).await;
+    let clients = pods.clients();
+    let repo = "shared/restart";
+    let statuses = burst(&clients, repo, 3, 0).await;
+    assert_exact(&pods, repo, &statuses, LIMIT).await;
+    redis.restart_empty().await;
+    // The store lost every count: the next decisions read the registry's list again (3 tags),
+    // so exactly 2 more fit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let statuses = loop {
+        let statuses = burst(&clients, repo, 1, 9).await;
+        if statuses != [503] || Instant::now() > deadline {
+            break statuses;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(statuses, [201], "the first push after the restart");
+    let manifest = image(&clients[0], repo).await;
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let client = clients[i % 2].clone();
+        let body = manifest(&format!("after-{i}"));
+        tasks.push(tokio::spawn(async move {
+            client
+                .put_manifest(repo, &format!("after{i}"), OCI, &body)
+                .await
+                .status
+        }));
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += usize::from(t.await.expect("task") == 201);
+    }
+    assert_eq!(admitted, 1, "room after the restart");
+    assert_eq!(pods.registry.client().list_tags(repo).await.len(), LIMIT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_redis_stopped_counts_answer_503_promptly_and_sizes_are_still_judged() {
+    let mut redis = Redis::start(false).await;
+    let pods = Pods::start(1, &redis.url(), &[]).await;
+    let client = pods.clients().remove(0);
+    let repo = "shared/stopped";
+    let manifest = image(&client, repo).await;
+    assert_eq!(
+        client
+            .put_manifest(repo, "v1", OCI, &manifest("1"))
+            .await
+            .status,
+        201
+    );
+    redis.stop().await;
+    let started = Instant::now();
+    let reply = client.put_manifest(repo, "v2", OCI, &manifest("2")).await;
+    let elapsed = started.elapsed();
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert!(
+        reply.text().contains("shared state store"),
+        "{}",
+        reply.text()
+    );
+    assert!(
+        elapsed < Duration::from_secs(4),
+        "answered after {elapsed:?}"
+    );
+    // A push by digest needs no count: still judged on its size alone.
+    let big = String::from_utf8(manifest("3"))
+        .expect("utf8")
+        .replace(r#""size":12"#, r#""size":2097152"#);
+    let reply = client
+        .put_manifest(
+            repo,
+            &support::sha256_digest(big.as_bytes()),
+            OCI,
+            big.as_bytes(),
+        )
+        .await;
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    assert_eq!(pods.registry.client().list_tags(repo).await, ["v1"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_three_master_cluster_admits_exactly_the_room_left() {
+    let (_nodes, url) = cluster().await;
+    let pods = Pods::start(3, &url, &[]).await;
+    let clients = pods.clients();
+    for round in 0..4 {
+        let repo = format!("cluster/r{round}/app");
+        let statuses = burst(&clients, &repo, 12, round).await;
+        assert_exact(&pods, &repo, &statuses, LIMIT).await;
+    }
+}
+
+/// A rolling restart, one pod at a time, while pushes and pulls go on: each pod leaves the
+/// rotation (as its endpoint leaves the Service), its sidecar gets SIGTERM and finishes what it
+/// holds, and a new pod joins. No pull fails, no honest push fails, and exactly the room left is
+/// admitted over the whole rollout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_fails_no_pull_and_admits_exactly_the_room_left() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, RwLock};
+
+    let redis = Redis::start(false).await;
+    let mut pods = Pods::start(3, &redis.url(), &[]).await;
+    let repo = "shared/rollout";
+    let direct = pods.registry.client();
+    let manifest = image(&direct, repo).await;
+    assert_eq!(
+        direct
+            .put_manifest(repo, "base", OCI, &manifest("base"))
+            .await
+            .status,
+        201
+    );
+
+    let ready: Arc<RwLock<Vec<(usize, RegistryClient)>>> = Arc::new(RwLock::new(
+        pods.clients().into_iter().enumerate().collect(),
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (ready, stop) = (ready.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut pulls, mut pushes) = (Vec::new(), Vec::new());
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let client = {
+                    let ready = ready.read().expect("rotation");
+                    ready[i % ready.len()].1.clone()
+                };
+                pulls.push(client.get_manifest(repo, "base").await.status);
+                let body = manifest(&format!("push-{i}"));
+                pushes.push(
+                    client
+                        .put_manifest(repo, &format!("p{i}"), OCI, &body)
+                        .await
+                        .status,
+                );
+                i += 1;
+            }
+            (pulls, pushes)
+        })
+    };
+    for pod in 0..pods.pairs.len() {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        ready.write().expect("rotation").retain(|(p, _)| *p != pod);
+        // The pod's preStop pause: requests already routed to it finish; then SIGTERM drains.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (gateway, _envoy) = &mut pods.pairs[pod];
+        let status = gateway.stop().await;
+        assert!(
+            status.success(),
+            "pod {pod}: the sidecar exited {status:?} on SIGTERM"
+        );
+        let options = gateway.options().clone();
+        let gateway = Gateway::start(options).await;
+        let envoy = Envoy::start(EnvoyOptions {
+            registry_addr: pods.registry.addr(),
+            gateway_addr: gateway.grpc_addr(),
+        })
+        .await;
+        let client = envoy.client();
+        pods.pairs[pod] = (gateway, envoy);
+        ready.write().expect("rotation").push((pod, client));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (pulls, pushes) = load.await.expect("load");
+    assert!(pulls.iter().all(|s| *s == 200), "a pull failed: {pulls:?}");
+    assert!(
+        pushes.iter().all(|s| *s == 201 || *s == 403),
+        "an honest push failed: {pushes:?}"
+    );
+    let admitted = pushes.iter().filter(|s| **s == 201).count();
+    assert_eq!(admitted, (LIMIT - 1).min(pushes.len()), "{pushes:?}");
+    assert_eq!(
+        pods.registry.client().list_tags(repo).await.len(),
+        LIMIT.min(1 + pushes.len())
+    );
+}
+
+/// With a warm cache a decision is one store call (the `decide` script); the settlement after
+/// the registry's answer is one more, off the decision's path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_warm_decision_is_one_store_round_trip() {
+    let redis = Redis::start(false).await;
+    let pods = Pods::start(1, &redis.url(), &[]).await;
+    let client = pods.clients().remove(0);
+    let repo = "shared/warm";
+    let manifest = image(&client, repo).await;
+    assert_eq!(
+        client
+            .put_manifest(repo, "cold", OCI, &manifest("c"))
+            .await
+            .status,
+        201
+    );
+    let calls = |text: &str, op: &str| -> u64 {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("registry_gateway_state_store_calls_total{")
+                    && l.contains(&format!("op=\"{op}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    let admin = pods.pairs[0].0.admin();
+    let before = admin.request("GET", "/metrics", &[], None).await.text();
+    for tag in ["w1", "w2", "w3", "cold"] {
+        let reply = client.put_manifest(repo, tag, OCI, &manifest(tag)).await;
+        assert_eq!(reply.status, 201, "{tag}: {}", reply.text());
+    }
+    // Settlements are sent without waiting; let them land.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = admin.request("GET", "/metrics", &[], None).await.text();
+    assert_eq!(
+        calls(&after, "decide") - calls(&before, "decide"),
+        4,
+        "{after}"
+    );
+    assert_eq!(
+        calls(&after, "begin") - calls(&before, "begin"),
+        0,
+        "no tag-list read"
+    );
+    assert_eq!(calls(&after, "complete") - calls(&before, "complete"), 0);
+    assert_eq!(calls(&after, "settle") - calls(&before, "settle"), 4);
+}
