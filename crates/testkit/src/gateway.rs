@@ -248,7 +248,7 @@ impl StackOptions {
     }
 }
 
-/// Topology 1 of DESIGN.md: client → Envoy (`envoy/envoy.yaml`) → registry, Envoy calling the
+/// The sidecar topology of the README: client → Envoy (`envoy/envoy.yaml`) → registry, Envoy calling the
 /// sidecar for manifest writes, the sidecar listing tags from the registry directly. The policy is
 /// `config.yaml` in a directory of its own (as a mounted ConfigMap would be), passed as
 /// `--config <dir>/config.yaml`; [`Stack::write_config`] replaces it by rename, the way editors and

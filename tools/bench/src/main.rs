@@ -1,6 +1,6 @@
-//! `registry-gateway-bench`: the performance budget of DESIGN.md section 7, measured in one run
-//! against real processes (issue 6). Run it through `scripts/bench`, which builds, sets up the
-//! binaries and cleans up after a kill; `docs/PERFORMANCE.md` explains the method.
+//! `registry-gateway-bench`: the performance budget, measured in one run against real processes.
+//! Run it through `scripts/bench`, which builds, sets up the binaries and cleans up after a kill;
+//! `docs/PERFORMANCE.md` explains the method and keeps the latest figures.
 //!
 //! One registry (CNCF distribution 2.8), one sidecar, one do-nothing ext_proc server, and three
 //! Envoys built from `envoy/envoy.yaml` with the test harness's structural substitutions:
@@ -38,7 +38,7 @@ use crate::stack::{Bins, Envoy, Gateway, NoopExtProc, Registry};
 use crate::stats::round;
 
 #[derive(Parser)]
-#[command(about = "registry-gateway performance budget (DESIGN.md section 7), one interleaved run")]
+#[command(about = "registry-gateway performance budget (docs/PERFORMANCE.md), one interleaved run")]
 struct Args {
     /// Smaller sizes and counts: finishes in under 2 minutes; figures are indicative.
     #[arg(long)]
