@@ -5,10 +5,7 @@
 
 use crate::support;
 
-use support::{
-    Envoy, EnvoyOptions, HttpReply, RegistryClient, RegistryOptions, Stack, StackOptions,
-    repo_root, sha256_digest,
-};
+use support::{HttpReply, RegistryClient, RegistryOptions, Stack, StackOptions, sha256_digest};
 
 const CONFIG: &str = "\
 max_image_size: 100MB
@@ -254,14 +251,7 @@ async fn clients_the_registry_refuses_take_no_slot_and_read_no_count_in_either_m
         ..StackOptions::new(CONFIG)
     })
     .await;
-    let authz = Envoy::start_with_config(
-        &repo_root().join("envoy/ext-authz.yaml"),
-        EnvoyOptions {
-            registry_addr: stack.registry.addr(),
-            gateway_addr: stack.gateway.grpc_addr(),
-        },
-    )
-    .await;
+    let authz = stack.start_envoy("envoy/ext-authz.yaml").await;
     let honest = stack.client();
     let repo = "project-1/app";
     let (config, small) = blobs(&honest, repo).await;
@@ -337,14 +327,7 @@ async fn clients_the_registry_refuses_take_no_slot_and_read_no_count_in_either_m
 async fn harbor_api_tag_writes_are_refused_at_the_door_in_every_spelling() {
     let stack = Stack::start_with(StackOptions::new(CONFIG)).await;
     for mode in ["envoy/envoy.yaml", "envoy/ext-authz.yaml"] {
-        let envoy = Envoy::start_with_config(
-            &repo_root().join(mode),
-            EnvoyOptions {
-                registry_addr: stack.registry.addr(),
-                gateway_addr: stack.gateway.grpc_addr(),
-            },
-        )
-        .await;
+        let envoy = stack.start_envoy(mode).await;
         let client = RegistryClient::new(&envoy.url());
         for path in [
             "/api/v2.0/projects/p/repositories/app/artifacts/v1/tags",

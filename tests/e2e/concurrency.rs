@@ -500,9 +500,15 @@ async fn thirty_concurrent_new_tags_at_three_of_five_admit_exactly_two_raw_http(
         .await;
         report.push(format!("round {round:2}: {line}"));
     }
+    print_rounds(&report, started);
+}
+
+/// Prints one line per round and the time all rounds took (shown with `--nocapture`).
+fn print_rounds(report: &[String], started: Instant) {
     eprintln!(
-        "{}\n{ROUNDS} rounds in {:.1} s",
+        "{}\n{} rounds in {:.1} s",
         report.join("\n"),
+        report.len(),
         started.elapsed().as_secs_f64()
     );
 }
@@ -531,11 +537,7 @@ async fn thirty_concurrent_new_tags_into_a_slow_registry_admit_exactly_two_raw_h
         .await;
         report.push(format!("round {round}: {line}"));
     }
-    eprintln!(
-        "{}\n{ROUNDS} rounds in {:.1} s",
-        report.join("\n"),
-        started.elapsed().as_secs_f64()
-    );
+    print_rounds(&report, started);
 }
 
 /// What one round of concurrent `skopeo copy` processes showed.
@@ -693,11 +695,7 @@ async fn ten_concurrent_skopeo_copies_at_three_of_five_admit_exactly_two() {
             r.peak
         ));
     }
-    eprintln!(
-        "{}\n{ROUNDS} rounds in {:.1} s",
-        report.join("\n"),
-        started.elapsed().as_secs_f64()
-    );
+    print_rounds(&report, started);
 }
 
 /// skopeo's manifest PUTs against a fast local registry barely overlap (the processes start a few
@@ -740,11 +738,7 @@ async fn ten_concurrent_skopeo_copies_into_a_slow_registry_admit_exactly_two() {
             r.refused_while_pending
         ));
     }
-    eprintln!(
-        "{}\n{ROUNDS} rounds in {:.1} s",
-        report.join("\n"),
-        started.elapsed().as_secs_f64()
-    );
+    print_rounds(&report, started);
 }
 
 // ---------------------------------------------------------------------------------------------

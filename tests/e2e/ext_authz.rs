@@ -4,7 +4,7 @@
 
 use crate::support;
 
-use support::{Envoy, EnvoyOptions, HttpReply, RegistryClient, Stack, StackOptions, repo_root};
+use support::{HttpReply, RegistryClient, Stack, StackOptions, repo_root};
 
 const CONFIG: &str = "max_image_size: 100MB\ntag_count_limit: 100\nrules:\n  - path: ^team/.*\n    limit: {max_image_size: 1MB, tag_count_limit: 2}\n";
 const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -126,14 +126,7 @@ async fn run(client: &RegistryClient, prefix: &str) -> Vec<(String, Seen)> {
 #[tokio::test]
 async fn ext_authz_and_ext_proc_give_the_same_answers_through_real_envoys() {
     let stack = Stack::start_with(StackOptions::new(CONFIG)).await;
-    let authz = Envoy::start_with_config(
-        &repo_root().join("envoy/ext-authz.yaml"),
-        EnvoyOptions {
-            registry_addr: stack.registry.addr(),
-            gateway_addr: stack.gateway.grpc_addr(),
-        },
-    )
-    .await;
+    let authz = stack.start_envoy("envoy/ext-authz.yaml").await;
     let via_proc = run(&stack.client(), "proc").await;
     let via_authz = run(&RegistryClient::new(&authz.url()), "authz").await;
     for ((name, proc), (_, authz)) in via_proc.iter().zip(&via_authz) {

@@ -10,7 +10,7 @@ use tempfile::TempDir;
 use crate::process::ManagedChild;
 use crate::{
     Envoy, EnvoyOptions, Registry, RegistryClient, RegistryOptions, free_port, gateway_bin,
-    loopback,
+    loopback, repo_root,
 };
 
 /// Start-up includes loading the config and binding both listeners; a debug build on a loaded
@@ -312,6 +312,17 @@ impl Stack {
             config_dir,
             secret_dir,
         }
+    }
+
+    /// Another Envoy in front of this stack's registry and sidecar, running the shipped file at
+    /// `config` (relative to the repository root, e.g. `envoy/ext-authz.yaml`), addresses
+    /// substituted as for [`Stack::envoy`].
+    pub async fn start_envoy(&self, config: &str) -> Envoy {
+        let options = EnvoyOptions {
+            registry_addr: self.registry.addr(),
+            gateway_addr: self.gateway.grpc_addr(),
+        };
+        Envoy::start_with_config(&repo_root().join(config), options).await
     }
 
     /// `http://127.0.0.1:<envoy port>`: where clients push.

@@ -59,7 +59,9 @@ pub use process::{
     ManagedChild, cpu_seconds, kill_all_listed, reset_peak_rss, set_pid_file, start_time,
     status_kib,
 };
-pub use registry::{AccessLogEntry, Registry, RegistryOptions, TokenAuthConfig};
+pub use registry::{
+    AccessLogEntry, Registry, RegistryOptions, TokenAuthConfig, distribution_config, listening_addr,
+};
 pub use token::{TOKEN_ISSUER, TOKEN_SERVICE, TokenIssuer, TokenRequest};
 
 /// The repository root (where the workspace's `Cargo.toml`, `envoy/` and `.venv/` live): two
@@ -212,7 +214,7 @@ pub fn loopback(port: u16) -> SocketAddr {
 /// Polls `probe` every 50 ms until it returns `Ok`, and returns that value. Panics after
 /// `timeout` with `what` and the last error, so a failing test says what it was waiting for.
 ///
-/// ```ignore
+/// ```text
 /// let tags = eventually(Duration::from_secs(5), "tag t1 listed", || async {
 ///     let tags = client.list_tags("repo").await;
 ///     if tags.contains(&"t1".to_owned()) { Ok(tags) } else { Err(tags) }

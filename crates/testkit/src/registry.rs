@@ -117,28 +117,11 @@ impl Registry {
 
         // `http.addr` port 0: the kernel picks a free port and the registry logs
         // "listening on 127.0.0.1:<port>", so parallel tests never race for a port.
-        let config = format!(
-            "version: 0.1
-log:
-  level: info
-  formatter: text
-  accesslog:
-    disabled: false
-storage:
-  filesystem:
-    rootdirectory: {storage}
-  delete:
-    enabled: {delete}
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: 127.0.0.1:0
-  secret: registry-gateway-tests-not-secret
-{auth}",
-            storage = storage.display(),
-            delete = options.delete_enabled,
-        );
+        let config = distribution_config(
+            &storage,
+            options.delete_enabled,
+            "registry-gateway-tests-not-secret",
+        ) + &auth;
         let config_path = dir.path().join("config.yml");
         std::fs::write(&config_path, config).expect("temp dir is writable");
 
@@ -298,7 +281,37 @@ impl AccessLogEntry {
 }
 
 /// `level=info msg="listening on 127.0.0.1:40149" ...` → the address.
-fn listening_addr(log: &str) -> Option<SocketAddr> {
+/// A distribution 2.8 configuration: filesystem storage in `storage`, deletes as `delete_enabled`
+/// says, upload purging off, the access log on stdout (Apache combined, one line a request, what
+/// [`Registry::requests`] and the benchmark's P5 read), and `http.addr` on `127.0.0.1:0`: the
+/// kernel picks a free port and the registry logs "listening on 127.0.0.1:<port>", so parallel
+/// runs never race for a port. An `auth:` section may be appended.
+pub fn distribution_config(storage: &Path, delete_enabled: bool, secret: &str) -> String {
+    format!(
+        "version: 0.1
+log:
+  level: info
+  formatter: text
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: {storage}
+  delete:
+    enabled: {delete_enabled}
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 127.0.0.1:0
+  secret: {secret}
+",
+        storage = storage.display(),
+    )
+}
+
+/// The address in distribution's "listening on 127.0.0.1:<port>" log line, once it is there.
+pub fn listening_addr(log: &str) -> Option<SocketAddr> {
     log.lines().find_map(|line| {
         let rest = line.split("msg=\"listening on ").nth(1)?;
         rest.split('"').next()?.parse().ok()

@@ -11,7 +11,8 @@ use serde_json::Value;
 
 use registry_gateway_testkit::Conn;
 use registry_gateway_testkit::{
-    EnvoyOptions, ManagedChild, disable_route_ext_proc, free_port, loopback, render_envoy_config,
+    EnvoyOptions, ManagedChild, disable_route_ext_proc, distribution_config, free_port,
+    listening_addr, loopback, render_envoy_config,
 };
 
 /// External and built binaries.
@@ -58,28 +59,7 @@ pub(crate) struct Registry {
 impl Registry {
     pub(crate) fn start(bins: &Bins, run_dir: &Path, storage: &Path) -> Result<Registry, String> {
         std::fs::create_dir_all(storage).map_err(|e| format!("{}: {e}", storage.display()))?;
-        // Access log on stdout (Apache combined, one line per request): what P5 counts.
-        let config = format!(
-            "version: 0.1
-log:
-  level: info
-  formatter: text
-  accesslog:
-    disabled: false
-storage:
-  filesystem:
-    rootdirectory: {}
-  delete:
-    enabled: true
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: 127.0.0.1:0
-  secret: registry-gateway-bench-not-secret
-",
-            storage.display()
-        );
+        let config = distribution_config(storage, true, "registry-gateway-bench-not-secret");
         let config_path = run_dir.join("registry.yml");
         std::fs::write(&config_path, config).map_err(|e| format!("registry.yml: {e}"))?;
         let mut cmd = Command::new(&bins.registry);
@@ -89,12 +69,7 @@ http:
             "the registry's listening address",
             Duration::from_secs(15),
             &mut proc,
-            |p| {
-                p.stderr().lines().find_map(|line| {
-                    let rest = line.split("msg=\"listening on ").nth(1)?;
-                    rest.split('"').next()?.parse().ok()
-                })
-            },
+            |p| listening_addr(&p.stderr()),
         )?;
         let mut conn = Conn::new(addr);
         poll(
