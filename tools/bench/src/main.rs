@@ -274,25 +274,13 @@ fn run(args: &Args) -> Result<bool, String> {
         registry.addr,
         &args.sidecar_log,
     )?;
-    let template = &args.envoy_config;
-    let envoy_sidecar = Envoy::start(
-        &bins,
-        &run_dir,
-        "envoy-sidecar",
-        &stack::envoy_config(template, registry.addr, gateway.grpc, true)?,
-    )?;
-    let envoy_alone = Envoy::start(
-        &bins,
-        &run_dir,
-        "envoy-alone",
-        &stack::envoy_config(template, registry.addr, gateway.grpc, false)?,
-    )?;
-    let envoy_noop = Envoy::start(
-        &bins,
-        &run_dir,
-        "envoy-noop",
-        &stack::envoy_config(template, registry.addr, noop.addr, true)?,
-    )?;
+    let envoy = |name: &str, processor, ext_proc| {
+        let config = stack::envoy_config(&args.envoy_config, registry.addr, processor, ext_proc)?;
+        Envoy::start(&bins, &run_dir, name, &config)
+    };
+    let envoy_sidecar = envoy("envoy-sidecar", gateway.grpc, true)?;
+    let envoy_alone = envoy("envoy-alone", gateway.grpc, false)?;
+    let envoy_noop = envoy("envoy-noop", noop.addr, true)?;
     let idle_rss_kib = support::status_kib(gateway.proc.pid(), "VmRSS");
     println!(
         "  registry {}  sidecar grpc {} admin {}  noop {}  envoy+sidecar {}  envoy {}  envoy+noop {}  (started in {:.1} s)",
