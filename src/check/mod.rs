@@ -304,15 +304,27 @@ impl<S: TagSource> Checker<S> {
             body,
         };
         let evaluation = snapshot.policy.evaluate(&push);
-        let facts = match &evaluation {
-            Evaluation::Done(d) => d.facts.clone(),
-            Evaluation::NeedTags(q) => q.facts().clone(),
-        };
         // Work for a client (a slot, a tag-list read) or words about a repository's limits
         // only for a client the registry accepts.
         let acts_for_client = match &evaluation {
             Evaluation::NeedTags(_) => true,
             Evaluation::Done(d) => d.denial().is_some_and(|d| d.reason.discloses_limits()),
+        };
+        let asks_registry =
+            acts_for_client && self.options.client_check && matches!(client, Client::Asking(_));
+        let evaluation = match evaluation {
+            // Decided without the network (a digest push within its size limit, an
+            // unmeasurable manifest): no deadline to arm, nothing to keep for an error.
+            Evaluation::Done(decision) if !asks_registry => {
+                let checked = self.settle_decision(decision, write, None, slots);
+                self.record(transport, &checked, started.elapsed());
+                return checked;
+            }
+            evaluation => evaluation,
+        };
+        let facts = match &evaluation {
+            Evaluation::Done(d) => d.facts.clone(),
+            Evaluation::NeedTags(q) => q.facts().clone(),
         };
         let decided = tokio::time::timeout(deadline, async {
             if acts_for_client && let Client::Asking(authorization) = client {
