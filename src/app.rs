@@ -123,6 +123,7 @@ pub async fn build(args: &ServeArgs) -> Result<App, AppError> {
         token_realms: args.registry_token_realm.clone(),
         page_size: args.tag_page_size,
     })?;
+    registry.report_tokens(&metrics);
     let options = CheckOptions {
         tag_cache_ttl: args.tag_cache_ttl,
         decision_timeout: args.decision_timeout,

@@ -47,6 +47,8 @@ pub struct Metrics {
     pub state_calls: Family<StateLabels, Counter>,
     pub books: Gauge,
     pub book_evictions: Counter,
+    pub registry_tokens: Gauge,
+    pub registry_token_evictions: Counter,
     registry: Registry,
 }
 
@@ -137,6 +139,18 @@ impl Metrics {
             "Tag books forgotten to stay under the cap; an evicted repository is read again",
             book_evictions.clone(),
         );
+        let registry_tokens = Gauge::default();
+        registry.register(
+            "registry_tokens",
+            "Registry bearer tokens this process keeps for reuse (capped)",
+            registry_tokens.clone(),
+        );
+        let registry_token_evictions = Counter::default();
+        registry.register(
+            "registry_token_evictions",
+            "Unexpired registry tokens forgotten to stay under the cap; a forgotten token is fetched again",
+            registry_token_evictions.clone(),
+        );
         Self {
             decisions,
             decision_seconds,
@@ -150,6 +164,8 @@ impl Metrics {
             state_calls,
             books,
             book_evictions,
+            registry_tokens,
+            registry_token_evictions,
             registry,
         }
     }

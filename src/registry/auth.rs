@@ -11,11 +11,15 @@ use reqwest::{StatusCode, Url};
 use tokio::time::Instant;
 use tracing::debug;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+
 use super::RegistryClient;
 use super::challenge::Challenge;
 use super::credentials::{Basic, Snapshot};
 use super::http::{origin_and_path, read_body, transport};
 use crate::check::TagError;
+use crate::metrics::Metrics;
 
 const MAX_TOKEN_BYTES: usize = 1 << 20;
 /// Token lifetime when the token endpoint sends no `expires_in` (token spec).
@@ -260,41 +264,280 @@ pub(super) struct TokenKey {
     scope: String,
 }
 
+/// Tokens kept at most. Each repository usually gets a token of its own (its scope names it), so
+/// a flood of distinct repository names would otherwise keep one per name for a whole lifetime.
+/// Past it the least recently used are forgotten; a forgotten token is fetched again when needed.
+pub(super) const MAX_TOKENS: usize = 4_096;
+/// Bytes of cached tokens and their keys kept at most: the realm decides a token's length (up to
+/// [`MAX_TOKEN_BYTES`]), so a count alone does not bound memory.
+pub(super) const MAX_TOKEN_CACHE_BYTES: usize = 8 << 20;
+/// Repository-to-token links kept at most; several repositories may share one token.
+pub(super) const MAX_TOKEN_REPOSITORIES: usize = 2 * MAX_TOKENS;
+
+#[derive(Debug)]
+struct Cached {
+    token: HeaderValue,
+    usable_until: Instant,
+    /// The cache's clock at the last use, for least-recently-used eviction.
+    used: u64,
+    bytes: usize,
+}
+
+/// Tokens by what they grant, capped in count and bytes (see [`MAX_TOKENS`]).
 #[derive(Default)]
 pub(super) struct TokenCache {
-    tokens: HashMap<TokenKey, (HeaderValue, Instant)>,
+    tokens: HashMap<TokenKey, Cached>,
     /// The key whose token last worked for a repository, so the next call presents it at once
     /// instead of collecting a 401 first.
-    repositories: HashMap<String, TokenKey>,
+    repositories: HashMap<String, (TokenKey, u64)>,
+    bytes: usize,
+    clock: u64,
+    /// Unregistered until [`RegistryClient::report_tokens`] hands in the exported ones.
+    size: Gauge,
+    evictions: Counter,
 }
 
 impl TokenCache {
-    fn get(&self, key: &TokenKey) -> Option<HeaderValue> {
-        let (token, usable_until) = self.tokens.get(key)?;
-        (Instant::now() < *usable_until).then(|| token.clone())
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
     }
 
-    fn for_repository(&self, repository: &str) -> Option<(TokenKey, HeaderValue)> {
-        let key = self.repositories.get(repository)?;
-        Some((key.clone(), self.get(key)?))
+    fn get(&mut self, key: &TokenKey) -> Option<HeaderValue> {
+        let now = self.tick();
+        let cached = self.tokens.get_mut(key)?;
+        if Instant::now() >= cached.usable_until {
+            return None;
+        }
+        cached.used = now;
+        Some(cached.token.clone())
+    }
+
+    fn for_repository(&mut self, repository: &str) -> Option<(TokenKey, HeaderValue)> {
+        let now = self.tick();
+        let (key, used) = self.repositories.get_mut(repository)?;
+        *used = now;
+        let key = key.clone();
+        let token = self.get(&key)?;
+        Some((key, token))
     }
 
     fn insert(&mut self, key: TokenKey, token: HeaderValue, usable_until: Instant) {
-        // Pruning on insert bounds both maps by the tokens issued within one lifetime.
+        let bytes = entry_bytes(&key, &token);
+        if bytes > MAX_TOKEN_CACHE_BYTES / 16 {
+            // A token this large is used once and not kept: a few of them would fill the cache.
+            return;
+        }
+        let used = self.tick();
+        if let Some(old) = self.tokens.remove(&key) {
+            self.bytes -= old.bytes;
+        }
+        if self.tokens.len() >= MAX_TOKENS || self.bytes + bytes > MAX_TOKEN_CACHE_BYTES {
+            self.make_room(bytes);
+        }
+        self.bytes += bytes;
+        self.tokens.insert(
+            key,
+            Cached {
+                token,
+                usable_until,
+                used,
+                bytes,
+            },
+        );
+        self.size.set(gauge_value(self.tokens.len()));
+    }
+
+    /// Drops expired tokens, then the least recently used until a tenth of each cap is free.
+    /// Amortised: one sort per `MAX_TOKENS / 10` insertions at most.
+    fn make_room(&mut self, incoming: usize) {
         let now = Instant::now();
-        self.tokens.retain(|_, (_, until)| now < *until);
+        let before = self.tokens.len();
+        self.tokens.retain(|_, cached| now < cached.usable_until);
+        self.bytes = self.tokens.values().map(|c| c.bytes).sum();
+        let keep_count = MAX_TOKENS - MAX_TOKENS / 10;
+        let keep_bytes = MAX_TOKEN_CACHE_BYTES - MAX_TOKEN_CACHE_BYTES / 10;
+        if self.tokens.len() > keep_count || self.bytes + incoming > keep_bytes {
+            let mut by_use: Vec<(u64, TokenKey)> = self
+                .tokens
+                .iter()
+                .map(|(key, cached)| (cached.used, key.clone()))
+                .collect();
+            by_use.sort_unstable_by_key(|(used, _)| *used);
+            let mut evicted = 0u64;
+            for (_, key) in by_use {
+                if self.tokens.len() <= keep_count && self.bytes + incoming <= keep_bytes {
+                    break;
+                }
+                if let Some(cached) = self.tokens.remove(&key) {
+                    self.bytes -= cached.bytes;
+                    evicted += 1;
+                }
+            }
+            self.evictions.inc_by(evicted);
+        }
+        debug!(
+            before,
+            after = self.tokens.len(),
+            "registry token cache made room"
+        );
         let tokens = &self.tokens;
-        self.repositories.retain(|_, key| tokens.contains_key(key));
-        self.tokens.insert(key, (token, usable_until));
+        self.repositories
+            .retain(|_, (key, _)| tokens.contains_key(key));
     }
 
     pub(super) fn remember(&mut self, repository: &str, key: &TokenKey) {
-        if self.tokens.contains_key(key) && self.repositories.get(repository) != Some(key) {
-            self.repositories.insert(repository.to_owned(), key.clone());
+        if !self.tokens.contains_key(key) {
+            return;
         }
+        let used = self.tick();
+        if let Some((known, at)) = self.repositories.get_mut(repository) {
+            if known != key {
+                *known = key.clone();
+            }
+            *at = used;
+            return;
+        }
+        if self.repositories.len() >= MAX_TOKEN_REPOSITORIES {
+            let tokens = &self.tokens;
+            self.repositories
+                .retain(|_, (key, _)| tokens.contains_key(key));
+            if self.repositories.len() >= MAX_TOKEN_REPOSITORIES {
+                let mut by_use: Vec<(u64, String)> = self
+                    .repositories
+                    .iter()
+                    .map(|(name, (_, used))| (*used, name.clone()))
+                    .collect();
+                by_use.sort_unstable_by_key(|(used, _)| *used);
+                for (_, name) in by_use.into_iter().take(MAX_TOKEN_REPOSITORIES / 10) {
+                    self.repositories.remove(&name);
+                }
+            }
+        }
+        self.repositories
+            .insert(repository.to_owned(), (key.clone(), used));
     }
 
     fn forget(&mut self, key: &TokenKey) {
-        self.tokens.remove(key);
+        if let Some(cached) = self.tokens.remove(key) {
+            self.bytes -= cached.bytes;
+            self.size.set(gauge_value(self.tokens.len()));
+        }
+    }
+
+    /// Tokens kept now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.tokens.len()
+    }
+}
+
+/// What an entry costs, near enough: its strings, twice for the key (it is also cloned into the
+/// repository links), plus the maps' overhead.
+fn entry_bytes(key: &TokenKey, token: &HeaderValue) -> usize {
+    const OVERHEAD: usize = 160;
+    let key_bytes = key.realm.len() + key.service.as_ref().map_or(0, String::len) + key.scope.len();
+    token.len() + 2 * key_bytes + OVERHEAD
+}
+
+fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl RegistryClient {
+    /// Exports the token cache's size (`registry_gateway_registry_tokens`) and its evictions
+    /// (`registry_gateway_registry_token_evictions_total`) through `metrics`.
+    pub fn report_tokens(&self, metrics: &Metrics) {
+        let mut tokens = self.tokens();
+        tokens.size = metrics.registry_tokens.clone();
+        tokens.evictions = metrics.registry_token_evictions.clone();
+        let len = gauge_value(tokens.tokens.len());
+        tokens.size.set(len);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: usize) -> TokenKey {
+        TokenKey {
+            realm: "https://registry.example/token".into(),
+            service: Some("registry.example".into()),
+            scope: format!("repository:flood/{i}:pull"),
+        }
+    }
+
+    fn token(len: usize) -> HeaderValue {
+        HeaderValue::from_str(&format!("Bearer {}", "t".repeat(len))).unwrap()
+    }
+
+    fn later() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
+    }
+
+    #[test]
+    fn a_flood_of_scopes_keeps_at_most_max_tokens_and_the_recently_used_ones() {
+        let mut cache = TokenCache::default();
+        cache.insert(key(0), token(40), later());
+        cache.remember("flood/0", &key(0));
+        for i in 1..3 * MAX_TOKENS {
+            cache.insert(key(i), token(40), later());
+            cache.remember(&format!("flood/{i}"), &key(i));
+            // The honest repository keeps using its token.
+            assert!(cache.for_repository("flood/0").is_some(), "lost at {i}");
+            assert!(cache.len() <= MAX_TOKENS);
+            assert!(cache.repositories.len() <= MAX_TOKEN_REPOSITORIES);
+        }
+        assert!(cache.evictions.get() >= (2 * MAX_TOKENS) as u64);
+        assert_eq!(cache.size.get(), cache.len() as i64);
+        assert!(
+            cache.get(&key(1)).is_none(),
+            "the oldest unused token is evicted"
+        );
+        assert!(cache.get(&key(3 * MAX_TOKENS - 1)).is_some());
+    }
+
+    #[test]
+    fn large_tokens_are_bounded_by_bytes_and_a_huge_one_is_not_kept() {
+        let mut cache = TokenCache::default();
+        for i in 0..1_000 {
+            cache.insert(key(i), token(64 << 10), later());
+            assert!(
+                cache.bytes <= MAX_TOKEN_CACHE_BYTES,
+                "{} bytes",
+                cache.bytes
+            );
+        }
+        assert_eq!(
+            cache.bytes,
+            cache.tokens.values().map(|c| c.bytes).sum::<usize>()
+        );
+        assert!(cache.len() < MAX_TOKEN_CACHE_BYTES / (64 << 10));
+        cache.insert(key(5_000), token(MAX_TOKEN_BYTES - 16), later());
+        assert!(cache.get(&key(5_000)).is_none());
+    }
+
+    #[test]
+    fn expired_tokens_are_dropped_before_live_ones_are_evicted() {
+        let mut cache = TokenCache::default();
+        let past = Instant::now();
+        for i in 0..MAX_TOKENS {
+            cache.insert(key(i), token(8), past);
+        }
+        cache.insert(key(MAX_TOKENS), token(8), later());
+        assert_eq!(cache.len(), 1);
+        assert_eq!(cache.evictions.get(), 0, "expiry is not eviction");
+    }
+
+    #[test]
+    fn forgetting_and_replacing_a_token_keeps_the_byte_count() {
+        let mut cache = TokenCache::default();
+        cache.insert(key(1), token(100), later());
+        cache.insert(key(1), token(200), later());
+        assert_eq!(cache.len(), 1);
+        assert_eq!(cache.bytes, entry_bytes(&key(1), &token(200)));
+        cache.forget(&key(1));
+        assert_eq!((cache.len(), cache.bytes, cache.size.get()), (0, 0, 0));
     }
 }
