@@ -4,6 +4,10 @@
 #   REGISTRY_BIN  CNCF distribution 2.8.x, Debian `docker-registry`
 #   SKOPEO_BIN    skopeo, Debian `skopeo`
 #   HTPASSWD_BIN  htpasswd (bcrypt entries for the registry's Basic auth), Debian `apache2-utils`
+#   DOCKERD_BIN   dockerd 20.10, Debian `docker.io` (tests/e2e/clients.rs starts its own)
+#   DOCKER_BIN    the docker CLI of the same package (by path: another docker on PATH may differ)
+#   PODMAN_BIN    podman, Debian `podman`
+#   BUILDAH_BIN   buildah, Debian `buildah`
 # A variable already set is kept. The tests find the same defaults without these variables
 # (crates/testkit/src/lib.rs); `scripts/setup` installs whatever is missing.
 
@@ -18,5 +22,9 @@ fi
 : "${REGISTRY_BIN:=/usr/bin/docker-registry}"
 : "${SKOPEO_BIN:=$(command -v skopeo || echo /usr/bin/skopeo)}"
 : "${HTPASSWD_BIN:=$(command -v htpasswd || echo /usr/bin/htpasswd)}"
-export ENVOY_BIN REGISTRY_BIN SKOPEO_BIN HTPASSWD_BIN
+: "${DOCKERD_BIN:=/usr/sbin/dockerd}"
+: "${DOCKER_BIN:=/usr/bin/docker}"
+: "${PODMAN_BIN:=$(command -v podman || echo /usr/bin/podman)}"
+: "${BUILDAH_BIN:=$(command -v buildah || echo /usr/bin/buildah)}"
+export ENVOY_BIN REGISTRY_BIN SKOPEO_BIN HTPASSWD_BIN DOCKERD_BIN DOCKER_BIN PODMAN_BIN BUILDAH_BIN
 unset _rg_root _rg_candidate

@@ -7,6 +7,8 @@ use registry_gateway_testkit as support;
 
 /// No bypass, no lockout, no leak (probes through Envoy in both modes).
 mod bypass;
+/// docker, podman and buildah pushing through the stack: what each shows when refused.
+mod clients;
 /// Exact tag limits under concurrent pushes.
 mod concurrency;
 /// The shipped Envoy config alone, with a recording stand-in processor.

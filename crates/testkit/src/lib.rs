@@ -27,15 +27,19 @@
 //! Every process is killed by PID when its handle is dropped, also when a test panics; on a panic the
 //! handle first prints the tail of the processes' logs to the (captured) test output.
 
+mod bounded;
 mod conn;
+mod dockerd;
 mod envoy;
 mod envoy_config;
 mod fake_extproc;
 mod gateway;
 mod http;
 mod oci;
+mod podman;
 mod process;
 mod registry;
+mod tarball;
 mod token;
 
 use std::fmt::Debug;
@@ -44,7 +48,9 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+pub use bounded::{assert_success, output_text, run_bounded};
 pub use conn::{Conn, Reply, location_target};
+pub use dockerd::{CLIENT_TIMEOUT, Dockerd, DockerdOptions, docker_bin, dockerd_bin};
 pub use envoy::{Envoy, envoy_config_path, substituted_config};
 pub use envoy_config::{EnvoyOptions, RenderError, disable_route_ext_proc, render_envoy_config};
 pub use fake_extproc::{FAKE_DENIAL_MESSAGE, FakeExtProc, SeenStream};
@@ -55,6 +61,7 @@ pub use oci::{
     oci_image_layout, oci_index_layout, oci_index_layout_seeded, random_bytes, skopeo, skopeo_copy,
     skopeo_copy_all, skopeo_inspect_raw,
 };
+pub use podman::{Podman, buildah_bin, podman_bin};
 pub use process::{
     ManagedChild, cpu_seconds, kill_all_listed, reset_peak_rss, set_pid_file, start_time,
     status_kib,
@@ -62,6 +69,7 @@ pub use process::{
 pub use registry::{
     AccessLogEntry, Registry, RegistryOptions, TokenAuthConfig, distribution_config, listening_addr,
 };
+pub use tarball::{random_file, rootfs_tar};
 pub use token::{TOKEN_ISSUER, TOKEN_SERVICE, TokenIssuer, TokenRequest};
 
 /// The repository root (where the workspace's `Cargo.toml`, `envoy/` and `.venv/` live): two
