@@ -14,7 +14,7 @@ use crate::extauthz::ExtAuthzService;
 use crate::extproc::ExtProcService;
 use crate::metrics::Metrics;
 use crate::preflight::{PolicyService, REFLECTION_DESCRIPTOR_SET, pb::policy_server::PolicyServer};
-use crate::registry::{Credentials, RegistryClient, RegistryConfig};
+use crate::registry::RegistryClient;
 use crate::reload::{self, ReloadOptions};
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
@@ -106,23 +106,7 @@ pub async fn build(args: &ServeArgs) -> Result<App, AppError> {
         ReloadOptions::default(),
     );
 
-    let credentials = match (&args.registry_credentials_dir, &args.registry_username) {
-        (Some(dir), _) => Credentials::Directory(dir.clone()),
-        (None, Some(username)) => Credentials::Static {
-            username: username.clone(),
-            password: args.registry_password.clone().unwrap_or_default(),
-        },
-        (None, None) => Credentials::None,
-    };
-    let registry = RegistryClient::new(RegistryConfig {
-        base_url: args.registry_url.clone(),
-        credentials,
-        timeout: args.registry_timeout,
-        insecure: args.registry_insecure,
-        plain_http_credentials: args.registry_plain_http_credentials,
-        token_realms: args.registry_token_realm.clone(),
-        page_size: args.tag_page_size,
-    })?;
+    let registry = RegistryClient::new(args.registry.registry_config())?;
     registry.report_tokens(&metrics);
     let options = CheckOptions {
         tag_cache_ttl: args.tag_cache_ttl,
@@ -182,7 +166,7 @@ pub async fn build(args: &ServeArgs) -> Result<App, AppError> {
         admin_state,
         reload_handle,
         grace: args.shutdown_grace,
-        registry_url: args.registry_url.clone(),
+        registry_url: args.registry.registry_url.clone(),
     })
 }
 

@@ -1,4 +1,5 @@
-//! `check-config` and `explain`: configuration tools for operators and CI.
+//! `check-config` and `explain`: configuration tools for operators and CI; and the entry of
+//! `audit`, which reads its configuration the same way.
 //!
 //! Both read a configuration exactly as `serve` does (file, ConfigMap manifest or ConfigMap
 //! directory) and return the process exit code instead of exiting, so they are testable with
@@ -9,7 +10,7 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::config;
-use crate::policy::{ConfigSource, Limits, LoadError, Policy, Rule};
+use crate::policy::{ConfigSource, Enforcement, Limits, LoadError, Policy, Rule};
 
 /// Exit code: the configuration is valid (and, for `explain`, the answer was printed).
 pub const EXIT_OK: u8 = 0;
@@ -56,6 +57,19 @@ pub fn explain(
         explain_text(repository, rule, limits)
     };
     emit(out, err, &text)
+}
+
+/// `registry-gateway audit --config PATH --registry-url URL …`: reads the configuration as
+/// `check-config` does (the same messages), then audits the registry; see [`crate::audit`].
+/// A configuration that cannot be read or is invalid exits 1: the audit could not run.
+pub fn audit(args: &crate::cli::AuditArgs, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    match load(&args.config) {
+        Ok((policy, _)) => crate::audit::run(policy, args, out, err),
+        Err((code, error)) => {
+            report(err, code, &error);
+            crate::audit::EXIT_INCOMPLETE
+        }
+    }
 }
 
 /// Reads, then compiles, keeping the two failures apart for the exit code.
@@ -105,6 +119,13 @@ fn limits_text(limits: &Limits) -> String {
             limits.exclude_tags.patterns().join(", ")
         ));
     }
+    // Shown only when set, so that a configuration without them reads as it always did.
+    if !limits.enforcement.refuses() {
+        text.push_str(&format!(", enforcement {}", limits.enforcement));
+    }
+    if let Some(share) = limits.warn_at {
+        text.push_str(&format!(", warn_at {share}"));
+    }
     text
 }
 
@@ -152,6 +173,20 @@ fn explain_text(repository: &str, rule: Option<&Rule>, limits: &Limits) -> Strin
             limits.exclude_tags.patterns().join(", ")
         ));
     }
+    match limits.enforcement {
+        Enforcement::Enforce => {}
+        Enforcement::Warn => text.push_str(
+            "  enforcement: warn (pushes over a limit are let through; the client is warned, and the push logged and counted as a would-be denial)\n",
+        ),
+        Enforcement::DryRun => text.push_str(
+            "  enforcement: dry-run (pushes over a limit are let through, logged and counted as would-be denials; the client is told nothing)\n",
+        ),
+    }
+    if let Some(share) = limits.warn_at {
+        text.push_str(&format!(
+            "  warn_at: {share} (an allowed push that reaches {share} of a limit gets a Warning header)\n"
+        ));
+    }
     if let Some(hint) = name_hint(repository) {
         text.push_str(&format!("  note: {hint}\n"));
     }
@@ -175,6 +210,8 @@ fn explain_json(repository: &str, rule: Option<&Rule>, limits: &Limits, hash: &s
         },
         "tag_count_limit": limits.tag_count_limit,
         "exclude_tags": limits.exclude_tags.patterns(),
+        "enforcement": limits.enforcement.as_str(),
+        "warn_at": limits.warn_at.map(|s| s.to_string()),
         "config_hash": hash,
     });
     format!("{value}\n")

@@ -19,11 +19,13 @@
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/status`.
 //! - [`metrics`]: metric handles with bounded labels.
 //! - [`cli`], [`commands`]: the command line, `check-config` and `explain`.
+//! - [`audit`]: `audit`, a configuration applied to the registry as it stands.
 //! - [`telemetry`]: log output.
 //! - [`app`]: wiring for `serve`: load, bind, serve, drain.
 
 pub mod admin;
 pub mod app;
+pub mod audit;
 pub mod check;
 pub mod cli;
 pub mod commands;

@@ -25,6 +25,11 @@ fn main() -> ExitCode {
             &mut std::io::stdout(),
             &mut std::io::stderr(),
         )),
+        Command::Audit(args) => ExitCode::from(commands::audit(
+            &args,
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        )),
         Command::Serve(args) => serve(*args),
     }
 }

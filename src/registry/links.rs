@@ -1,5 +1,5 @@
-//! Tag-list page URLs: the first built from the base URL, each next one taken from the
-//! response's `Link` header and held to the registry's origin.
+//! Registry URLs: tag-list, catalog and manifest URLs built from the base URL, and each next
+//! page taken from the response's `Link` header and held to the registry's origin.
 
 use reqwest::Url;
 use reqwest::header::{HeaderMap, LINK};
@@ -13,6 +13,31 @@ pub(super) fn tag_list_url(
     repository: &str,
     page_size: Option<u32>,
 ) -> Result<Url, TagError> {
+    let mut url = repository_url(base, repository, &["tags", "list"])?;
+    if let Some(n) = page_size {
+        url.query_pairs_mut().append_pair("n", &n.to_string());
+    }
+    Ok(url)
+}
+
+/// `{base}/v2/_catalog[?n=…]`.
+pub(super) fn catalog_url(base: &Url, page_size: Option<u32>) -> Result<Url, TagError> {
+    let mut url = base.clone();
+    url.set_query(None);
+    url.set_fragment(None);
+    url.path_segments_mut()
+        .map_err(|()| TagError::InvalidResponse(format!("{base} cannot carry a path")))?
+        .pop_if_empty()
+        .extend(["v2", "_catalog"]);
+    if let Some(n) = page_size {
+        url.query_pairs_mut().append_pair("n", &n.to_string());
+    }
+    Ok(url)
+}
+
+/// `{base}/v2/<name>/<tail…>`, the name's slashes kept as path separators and each tail
+/// segment escaped as one segment.
+pub(super) fn repository_url(base: &Url, repository: &str, tail: &[&str]) -> Result<Url, TagError> {
     // The URL library drops `.` and `..` segments silently, which would list another repository.
     if repository
         .split('/')
@@ -30,10 +55,7 @@ pub(super) fn tag_list_url(
         .pop_if_empty()
         .push("v2")
         .extend(repository.split('/'))
-        .extend(["tags", "list"]);
-    if let Some(n) = page_size {
-        url.query_pairs_mut().append_pair("n", &n.to_string());
-    }
+        .extend(tail);
     Ok(url)
 }
 

@@ -9,14 +9,18 @@
 //! This file holds the client and its paging; `auth` answers challenges and caches tokens,
 //! `challenge` parses `WWW-Authenticate`, `credentials` holds and re-reads credentials,
 //! `links` builds page URLs and follows `Link`, `http` is the shared transport plumbing and
-//! `cursor` the lexer both header parsers use.
+//! `cursor` the lexer both header parsers use. `catalog` and `manifests` are the reads of
+//! `audit` (catalog pages, manifests by tag or digest), with their errors in `read`.
 
 mod auth;
+mod catalog;
 mod challenge;
 mod credentials;
 mod cursor;
 mod http;
 mod links;
+mod manifests;
+mod read;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -33,6 +37,10 @@ use self::credentials::{CredentialStore, Snapshot};
 use self::http::{http_client, origin_and_path, read_body, transport};
 use self::links::{next_page, tag_list_url};
 use crate::check::{TagError, TagSource};
+
+pub use self::catalog::CatalogPage;
+pub use self::manifests::{FetchedManifest, manifest_accept};
+pub use self::read::ReadError;
 
 /// A Link chain longer than this is a loop or an attack, not a repository.
 const MAX_PAGES: usize = 10_000;
@@ -273,19 +281,39 @@ impl RegistryClient {
         auth: &mut Auth,
         credentials: &mut Arc<Snapshot>,
     ) -> Result<reqwest::Response, TagError> {
-        for _ in 0..MAX_SENDS_PER_PAGE {
-            let http = self.http(credentials, url)?;
-            let response = with_auth(http.get(url.clone()), auth)
-                .send()
-                .await
-                .map_err(transport)?;
-            let status = response.status();
+        self.send_get(repository, url, None, auth, credentials, |status| {
             debug!(
                 repository,
                 page,
                 status = status.as_u16(),
                 "registry tag list page"
             );
+        })
+        .await
+    }
+
+    /// One `GET url` for `repository` (the name a token's default scope names), answering
+    /// authentication challenges exactly as a tag-list page does; `log` sees every status.
+    /// Returns the first response that is not a 401. The catalog and manifest reads of
+    /// `audit` go through here too, so they authenticate as `serve` does.
+    async fn send_get(
+        &self,
+        repository: &str,
+        url: &Url,
+        accept: Option<&reqwest::header::HeaderValue>,
+        auth: &mut Auth,
+        credentials: &mut Arc<Snapshot>,
+        log: impl Fn(StatusCode),
+    ) -> Result<reqwest::Response, TagError> {
+        for _ in 0..MAX_SENDS_PER_PAGE {
+            let http = self.http(credentials, url)?;
+            let mut request = with_auth(http.get(url.clone()), auth);
+            if let Some(accept) = accept {
+                request = request.header(reqwest::header::ACCEPT, accept.clone());
+            }
+            let response = request.send().await.map_err(transport)?;
+            let status = response.status();
+            log(status);
             if status != StatusCode::UNAUTHORIZED {
                 if let Auth::Bearer { key, .. } = auth {
                     self.tokens().remember(repository, key);
