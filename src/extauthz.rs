@@ -12,6 +12,7 @@ use envoy_types::ext_authz::v3::pb::{
     Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderValue, HeaderValueOption,
     HttpResponse, HttpStatus, OkHttpResponse,
 };
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::google::rpc;
 use tonic::{Request, Response, Status};
 
@@ -94,7 +95,8 @@ impl<S: TagSource> Authorization for ExtAuthzService<S> {
                 if let Some(ticket) = checked.ticket {
                     ticket.expire_after(self.checker.options().reservation_ttl);
                 }
-                Ok(Response::new(allow()))
+                let warnings = crate::policy::warning_headers(&checked.warnings);
+                Ok(Response::new(allow_warning(&warnings)))
             }
             Some(refusal) => Ok(Response::new(deny(&refusal))),
         }
@@ -110,6 +112,27 @@ fn allow() -> CheckResponse {
         http_response: Some(HttpResponse::OkResponse(OkHttpResponse::default())),
         ..Default::default()
     }
+}
+
+/// An allow whose response carries `Warning` headers (ext_authz adds them to the registry's
+/// answer, whatever its status: this adapter never sees it).
+fn allow_warning(values: &[String]) -> CheckResponse {
+    let mut response = allow();
+    if let Some(HttpResponse::OkResponse(ok)) = &mut response.http_response {
+        ok.response_headers_to_add = values
+            .iter()
+            .map(|value| HeaderValueOption {
+                header: Some(HeaderValue {
+                    key: "warning".to_owned(),
+                    value: value.clone(),
+                    ..Default::default()
+                }),
+                append_action: HeaderAppendAction::AppendIfExistsOrAdd as i32,
+                ..Default::default()
+            })
+            .collect();
+    }
+    response
 }
 
 /// An explicit denial: status code set (an empty response would deny too, but silently), and

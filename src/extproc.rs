@@ -16,7 +16,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::Ex
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Phase;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Reply;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    BodyResponse, HeaderMutation, HeadersResponse, HttpHeaders, ImmediateResponse,
+    BodyResponse, CommonResponse, HeaderMutation, HeadersResponse, HttpHeaders, ImmediateResponse,
     ProcessingRequest, ProcessingResponse, TrailersResponse,
 };
 use envoy_types::pb::envoy::r#type::v3::HttpStatus;
@@ -67,6 +67,7 @@ impl<S: TagSource> ExternalProcessor for ExtProcService<S> {
             authorization: None,
             body: Vec::new(),
             ticket: None,
+            warnings: Vec::new(),
             deferred: false,
             answered_response: false,
             saw_request_headers: false,
@@ -87,6 +88,8 @@ struct StreamState<S> {
     body: Vec<u8>,
     /// Held from an allowed `PUT` until the registry answers; dropping it releases the slots.
     ticket: Option<Ticket>,
+    /// `Warning` header values for the registry's answer to an allowed push.
+    warnings: Vec<String>,
     /// Let through unjudged because the registry refuses the client's credentials.
     deferred: bool,
     /// The registry's response headers were answered: nothing more is owed to this request.
@@ -228,6 +231,12 @@ impl<S: TagSource> StreamState<S> {
                     self.checker.observe_delete(write, status);
                 }
                 self.answered_response = true;
+                // Warnings speak of a push that was stored: a refused one gets the registry's
+                // own answer alone.
+                let warnings = std::mem::take(&mut self.warnings);
+                if (200..300).contains(&status) && !warnings.is_empty() {
+                    return Ok((warn_response(&warnings), false));
+                }
                 Ok((continue_headers(false), false))
             }
             Phase::ResponseBody(_) => Ok((continue_body(false), false)),
@@ -265,6 +274,7 @@ impl<S: TagSource> StreamState<S> {
         let refusal = respond::render(&checked.outcome);
         if refusal.is_none() {
             self.ticket = checked.ticket;
+            self.warnings = crate::policy::warning_headers(&checked.warnings);
             self.deferred = checked.outcome == crate::check::Outcome::Defer;
         }
         refusal
@@ -301,6 +311,35 @@ fn continue_headers(request: bool) -> ProcessingResponse {
         } else {
             Reply::ResponseHeaders(reply)
         }),
+        ..Default::default()
+    }
+}
+
+/// The registry's response headers, with the push's `Warning` headers added beside any the
+/// registry sent. Values in `raw_value`, as for every ext_proc mutation.
+fn warn_response(values: &[String]) -> ProcessingResponse {
+    let set_headers = values
+        .iter()
+        .map(|value| HeaderValueOption {
+            header: Some(HeaderValue {
+                key: "warning".to_owned(),
+                raw_value: value.clone().into_bytes(),
+                ..Default::default()
+            }),
+            append_action: HeaderAppendAction::AppendIfExistsOrAdd as i32,
+            ..Default::default()
+        })
+        .collect();
+    ProcessingResponse {
+        response: Some(Reply::ResponseHeaders(HeadersResponse {
+            response: Some(CommonResponse {
+                header_mutation: Some(HeaderMutation {
+                    set_headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        })),
         ..Default::default()
     }
 }

@@ -13,10 +13,13 @@ use prometheus_client::registry::Registry;
 pub struct DecisionLabels {
     /// `ext_proc`, `ext_authz` or `preflight`.
     pub transport: &'static str,
-    /// `allow`, `deny` or `error`.
+    /// `allow`, `deny`, `would_deny` (a `warn` or `dry-run` limit let it through), `defer` or
+    /// `error`.
     pub outcome: &'static str,
     /// A `DenyReason`, a `TagError` label, or `none`.
     pub reason: &'static str,
+    /// The `enforcement` of the limits that applied: `enforce`, `warn` or `dry-run`.
+    pub enforcement: &'static str,
 }
 
 /// Labels carrying one bounded result word.
@@ -36,6 +39,8 @@ pub struct StateLabels {
 #[derive(Debug)]
 pub struct Metrics {
     pub decisions: Family<DecisionLabels, Counter>,
+    /// `Warning` headers handed to clients, by kind (`waived`, `soft`).
+    pub warnings: Family<ResultLabels, Counter>,
     pub decision_seconds: Histogram,
     pub registry_calls: Family<ResultLabels, Counter>,
     pub reloads: Family<ResultLabels, Counter>,
@@ -70,6 +75,12 @@ impl Metrics {
         );
         // 50 µs to ~3 s: warm decisions are well under a millisecond, cold ones wait on the
         // registry's tag list.
+        let warnings = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "warnings",
+            "Warning headers handed to clients on allowed pushes: `waived` (a limit in warn mode) or `soft` (a warn_at threshold)",
+            warnings.clone(),
+        );
         let decision_seconds = Histogram::new([
             0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
             0.5, 1.0, 2.5,
@@ -153,6 +164,7 @@ impl Metrics {
         );
         Self {
             decisions,
+            warnings,
             decision_seconds,
             registry_calls,
             reloads,

@@ -37,6 +37,8 @@ fn limits(limits: &Limits) -> pb::Limits {
         max_image_size: limits.max_image_size.to_string(),
         tag_count_limit: limits.tag_count_limit,
         exclude_tags: limits.exclude_tags.patterns().to_vec(),
+        enforcement: limits.enforcement.as_str().to_owned(),
+        warn_at: limits.warn_at.map(|s| s.to_string()).unwrap_or_default(),
     }
 }
 
@@ -116,6 +118,13 @@ impl<S: TagSource> pb::policy_server::Policy for PolicyService<S> {
             image_size_bytes: facts.image_bytes,
             tag_count: facts.tag_count.map(|c| c as u64),
             limits: Some(limits(applied)),
+            would_deny_reason: checked
+                .waived
+                .as_ref()
+                .map(|d| d.reason.as_str().to_owned())
+                .unwrap_or_default(),
+            would_deny_message: checked.waived.map(|d| d.message).unwrap_or_default(),
+            warnings: checked.warnings,
         }))
     }
 }

@@ -176,6 +176,23 @@ pub struct Checked {
     pub outcome: Outcome,
     pub facts: Facts,
     pub ticket: Option<Ticket>,
+    /// The refusal a `warn` or `dry-run` limit let through (the push is allowed).
+    pub waived: Option<Denial>,
+    /// Texts for the client's `Warning` headers, on an allowed push.
+    pub warnings: Vec<String>,
+}
+
+impl Checked {
+    /// An outcome with nothing held, waived or said beyond it.
+    fn bare(outcome: Outcome, facts: Facts) -> Self {
+        Self {
+            outcome,
+            facts,
+            ticket: None,
+            waived: None,
+            warnings: Vec::new(),
+        }
+    }
 }
 
 /// Decides manifest writes for every adapter.
@@ -253,14 +270,13 @@ impl<S: TagSource> Checker<S> {
         if !crate::policy::is_harbor_tag_write(method, path) {
             return None;
         }
-        let checked = Checked {
-            outcome: Outcome::Deny(crate::policy::decision::harbor_tag_write()),
-            facts: Facts {
+        let checked = Checked::bare(
+            Outcome::Deny(crate::policy::decision::harbor_tag_write()),
+            Facts {
                 repository: path.split_once('?').map_or(path, |(p, _)| p).to_owned(),
                 ..Facts::default()
             },
-            ticket: None,
-        };
+        );
         self.record(transport, &checked, Duration::ZERO);
         Some(checked)
     }
@@ -308,7 +324,7 @@ impl<S: TagSource> Checker<S> {
         // only for a client the registry accepts.
         let acts_for_client = match &evaluation {
             Evaluation::NeedTags(_) => true,
-            Evaluation::Done(d) => d.denial().is_some_and(|d| d.reason.discloses_limits()),
+            Evaluation::Done(d) => d.discloses_limits(),
         };
         let asks_registry =
             acts_for_client && self.options.client_check && matches!(client, Client::Asking(_));
@@ -327,18 +343,25 @@ impl<S: TagSource> Checker<S> {
             Evaluation::NeedTags(q) => q.facts().clone(),
         };
         let decided = tokio::time::timeout(deadline, async {
+            let mut unverified = false;
             if acts_for_client && let Client::Asking(authorization) = client {
                 match self.client_accepted(&write.repository, authorization).await {
                     Ok(true) => {}
                     Ok(false) => return Ok(None),
                     // Size limits never need the network: with the registry unreachable, a
-                    // refusal decided without it still stands (it lets nothing through).
-                    Err(_) if matches!(evaluation, Evaluation::Done(_)) => {}
+                    // refusal decided without it still stands (it lets nothing through); an
+                    // allowed push goes on with nothing told about the repository.
+                    Err(_) if matches!(evaluation, Evaluation::Done(_)) => unverified = true,
                     Err(error) => return Err(error),
                 }
             }
             match evaluation {
-                Evaluation::Done(decision) => Ok(Some((decision, None))),
+                Evaluation::Done(mut decision) => {
+                    if unverified {
+                        decision.warnings.clear();
+                    }
+                    Ok(Some((decision, None)))
+                }
                 Evaluation::NeedTags(query) => match &self.shared {
                     Some(shared) => {
                         let (decision, lease) =
@@ -357,11 +380,7 @@ impl<S: TagSource> Checker<S> {
         .unwrap_or(Err(TagError::Timeout(deadline)));
         let checked = match decided {
             Ok(Some((decision, backing))) => self.settle_decision(decision, write, backing, slots),
-            Ok(None) => Checked {
-                outcome: Outcome::Defer,
-                facts,
-                ticket: None,
-            },
+            Ok(None) => Checked::bare(Outcome::Defer, facts),
             Err(error) => self.unavailable(facts, error),
         };
         self.record(transport, &checked, started.elapsed());
@@ -422,7 +441,7 @@ impl<S: TagSource> Checker<S> {
                 .decide(
                     &keys,
                     &tags,
-                    query.tag_count_limit(),
+                    query.reservation_limit(),
                     ttl,
                     hold,
                     &lease,
@@ -529,13 +548,14 @@ impl<S: TagSource> Checker<S> {
         backing: Option<Backing>,
         slots: Slots,
     ) -> Checked {
-        let Decision { facts, verdict } = decision;
+        let Decision {
+            facts,
+            verdict,
+            waived,
+            warnings,
+        } = decision;
         match verdict {
-            Verdict::Deny(denial) => Checked {
-                outcome: Outcome::Deny(denial),
-                facts,
-                ticket: None,
-            },
+            Verdict::Deny(denial) => Checked::bare(Outcome::Deny(denial), facts),
             Verdict::Allow { reserved } => {
                 // A dry run reserved nothing and has no registry answer to follow.
                 let ticket = (slots == Slots::Reserve).then(|| Ticket {
@@ -550,6 +570,8 @@ impl<S: TagSource> Checker<S> {
                     outcome: Outcome::Allow,
                     facts,
                     ticket,
+                    waived,
+                    warnings,
                 }
             }
         }
@@ -558,24 +580,19 @@ impl<S: TagSource> Checker<S> {
     fn unavailable(&self, facts: Facts, error: TagError) -> Checked {
         if self.options.allow_on_registry_error {
             tracing::warn!(repository = %facts.repository, error = %error, "tag list unavailable; allowing as configured");
-            return Checked {
-                outcome: Outcome::Allow,
-                facts,
-                ticket: None,
-            };
+            return Checked::bare(Outcome::Allow, facts);
         }
         tracing::warn!(repository = %facts.repository, error = %error, "registry unavailable for a decision");
         let message = crate::policy::decision::unavailable(&facts, &error.cause());
-        Checked {
-            outcome: Outcome::Unavailable { error, message },
-            facts,
-            ticket: None,
-        }
+        Checked::bare(Outcome::Unavailable { error, message }, facts)
     }
 
     fn record(&self, transport: Transport, checked: &Checked, elapsed: Duration) {
         let (outcome, reason) = match &checked.outcome {
-            Outcome::Allow => ("allow", "none"),
+            Outcome::Allow => match &checked.waived {
+                Some(waived) => ("would_deny", waived.reason.as_str()),
+                None => ("allow", "none"),
+            },
             Outcome::Deny(d) => ("deny", d.reason.as_str()),
             Outcome::Unavailable { error, .. } => ("error", error.as_str()),
             Outcome::Defer => ("defer", "client_refused_by_registry"),
@@ -586,8 +603,20 @@ impl<S: TagSource> Checker<S> {
                 transport: transport.as_str(),
                 outcome,
                 reason,
+                enforcement: checked.facts.enforcement.as_str(),
             })
             .inc();
+        if !checked.warnings.is_empty() {
+            let kind = if checked.waived.is_some() {
+                "waived"
+            } else {
+                "soft"
+            };
+            self.metrics
+                .warnings
+                .get_or_create(&crate::metrics::ResultLabels { result: kind })
+                .inc_by(checked.warnings.len() as u64);
+        }
         self.metrics.decision_seconds.observe(elapsed.as_secs_f64());
         let f = &checked.facts;
         let rule = f.rule.as_ref().map_or_else(
@@ -609,6 +638,8 @@ impl<S: TagSource> Checker<S> {
                     new_tags = f.new_tags,
                     outcome,
                     reason,
+                    enforcement = f.enforcement.as_str(),
+                    warnings = checked.warnings.len(),
                     elapsed_us = elapsed.as_micros() as u64,
                     "decision"
                 )

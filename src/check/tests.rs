@@ -707,3 +707,71 @@ async fn the_books_are_capped_and_an_evicted_repository_is_read_again() {
     let before = calls.load(Ordering::SeqCst);
     assert!(before > books::MAX_BOOKS, "every flood name was read once");
 }
+
+/// `dry-run` and `warn` let a push over the limit through, but its slot is taken as in
+/// `enforce`: once committed, the next push sees the true count.
+#[tokio::test]
+async fn a_push_let_through_by_dry_run_holds_its_slot_and_is_counted_as_a_would_be_denial() {
+    for (mode, warned) in [("dry-run", false), ("warn", true)] {
+        let metrics = Arc::new(Metrics::new());
+        let c = Arc::new(Checker::new(
+            source_with(&["a", "b"]),
+            snapshot(&format!("tag_count_limit: 2\nenforcement: {mode}\n")),
+            CheckOptions::default(),
+            metrics.clone(),
+        ));
+        let w = put("/v2/r/manifests/c");
+        let got = c
+            .check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
+            .await;
+        assert_eq!(got.outcome, Outcome::Allow, "{mode}");
+        assert_eq!(
+            got.waived.as_ref().map(|d| d.reason),
+            Some(DenyReason::TagLimit)
+        );
+        assert_eq!(
+            !got.warnings.is_empty(),
+            warned,
+            "{mode}: {:?}",
+            got.warnings
+        );
+        let ticket = got.ticket.expect("ticket");
+        assert_eq!(ticket.reserved(), ["c".to_owned()]);
+        ticket.settle(201, &[]);
+        let w = put("/v2/r/manifests/d");
+        let next = c
+            .check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
+            .await;
+        assert_eq!(
+            next.facts.tag_count,
+            Some(3),
+            "{mode}: the committed push counts"
+        );
+        let text = metrics.encode();
+        let line = format!(
+            "registry_gateway_decisions_total{{transport=\"ext_proc\",outcome=\"would_deny\",reason=\"tag_limit\",enforcement=\"{mode}\"}} 2"
+        );
+        assert!(text.contains(&line), "{mode}: {line} in\n{text}");
+    }
+}
+
+/// A configuration without the new keys answers as before: refused, nothing waived or said.
+#[tokio::test]
+async fn without_rollout_keys_a_push_over_the_limit_is_refused_and_labelled_enforce() {
+    let metrics = Arc::new(Metrics::new());
+    let c = Arc::new(Checker::new(
+        source_with(&["a"]),
+        snapshot("tag_count_limit: 1\n"),
+        CheckOptions::default(),
+        metrics.clone(),
+    ));
+    let w = put("/v2/r/manifests/b");
+    let got = c
+        .check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
+        .await;
+    assert!(matches!(got.outcome, Outcome::Deny(ref d) if d.reason == DenyReason::TagLimit));
+    assert!(got.waived.is_none() && got.warnings.is_empty());
+    assert!(metrics.encode().contains(
+        "registry_gateway_decisions_total{transport=\"ext_proc\",outcome=\"deny\",reason=\"tag_limit\",enforcement=\"enforce\"} 1"
+    ));
+}

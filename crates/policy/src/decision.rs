@@ -3,6 +3,8 @@
 
 use serde_json::json;
 
+use super::Limits;
+use super::rollout::{self, Enforcement};
 use super::size::ByteSize;
 
 /// Why a push was refused. `as_str` is stable: it appears in logs and metric labels.
@@ -103,6 +105,8 @@ pub struct Facts {
     pub tag_count_limit: Option<u64>,
     /// Tags this push creates.
     pub new_tags: usize,
+    /// What the limits that applied do to a push that breaks them.
+    pub enforcement: Enforcement,
 }
 
 /// A refusal, as the client will read it.
@@ -130,12 +134,58 @@ pub enum Verdict {
 pub struct Decision {
     pub facts: Facts,
     pub verdict: Verdict,
+    /// The refusal `enforce` would have given, let through because the limit is `warn` or
+    /// `dry-run`: logged and counted as a would-be denial.
+    pub waived: Option<Denial>,
+    /// Texts for the client's `Warning` headers on an allowed push (see
+    /// [`warning_headers`](crate::warning_headers)).
+    pub warnings: Vec<String>,
 }
 
 impl Decision {
     /// Whether the push may go on.
     pub fn is_allowed(&self) -> bool {
         matches!(self.verdict, Verdict::Allow { .. })
+    }
+
+    /// A refusal.
+    pub fn denied(facts: Facts, denial: Denial) -> Self {
+        Self {
+            facts,
+            verdict: Verdict::Deny(denial),
+            waived: None,
+            warnings: Vec::new(),
+        }
+    }
+
+    /// A push let through under `limits`, holding `reserved`; `waived` is the refusal a limit
+    /// in `warn` or `dry-run` did not give. The client's warnings follow: the waived refusal's
+    /// text in `warn` (nothing in `dry-run`), else the `warn_at` thresholds this push reached.
+    pub fn allowed(
+        facts: Facts,
+        reserved: Vec<String>,
+        waived: Option<Denial>,
+        limits: &Limits,
+    ) -> Self {
+        let warnings = match (&waived, limits.enforcement) {
+            (Some(denial), Enforcement::Warn) => vec![rollout::waived_warning(&denial.message)],
+            (Some(_), _) => Vec::new(),
+            (None, _) => soft_warnings(&facts, limits),
+        };
+        Self {
+            facts,
+            verdict: Verdict::Allow { reserved },
+            waived,
+            warnings,
+        }
+    }
+
+    /// Whether what the client would learn names the repository's limits, count or rule, or
+    /// the decision reports on the client's push: done only for clients the registry accepts.
+    pub fn discloses_limits(&self) -> bool {
+        self.denial().is_some_and(|d| d.reason.discloses_limits())
+            || self.waived.is_some()
+            || !self.warnings.is_empty()
     }
 
     /// The refusal, if any.
@@ -145,6 +195,41 @@ impl Decision {
             Verdict::Allow { .. } => None,
         }
     }
+}
+
+/// The `warn_at` thresholds an allowed push reached: its image size, and the repository's tag
+/// count once its new tags are stored.
+fn soft_warnings(facts: &Facts, limits: &Limits) -> Vec<String> {
+    let Some(share) = limits.warn_at else {
+        return Vec::new();
+    };
+    let rule = describe_rule(facts.rule.as_ref());
+    let mut warnings = Vec::new();
+    let max = limits.max_image_size.bytes();
+    if let Some(bytes) = facts.image_bytes
+        && share.reached(bytes, max)
+    {
+        warnings.push(rollout::size_warning(
+            &facts.image(),
+            bytes,
+            max,
+            share,
+            &rule,
+        ));
+    }
+    if let Some(count) = facts.tag_count {
+        let after = count as u64 + facts.new_tags as u64;
+        if share.reached(after, limits.tag_count_limit) {
+            warnings.push(rollout::tag_warning(
+                &facts.repository,
+                after,
+                limits.tag_count_limit,
+                share,
+                &rule,
+            ));
+        }
+    }
+    warnings
 }
 
 fn exact(size: ByteSize) -> String {

@@ -12,6 +12,7 @@ pub mod decision;
 pub mod file;
 pub mod manifest;
 pub mod push;
+pub mod rollout;
 pub mod rule;
 pub mod size;
 pub mod tags;
@@ -22,6 +23,7 @@ pub use decision::{Decision, Denial, DenyReason, Facts, RuleRef, Verdict};
 pub use file::{ConfigSource, KeyFile, LoadError, Problem, compile};
 pub use manifest::{ManifestError, Measured, MediaType};
 pub use push::{ManifestPush, ManifestWrite, Reference, WriteKind, is_harbor_tag_write};
+pub use rollout::{Enforcement, Share, warning_headers};
 pub use rule::{Rule, TagFilter};
 pub use size::ByteSize;
 pub use tags::TagBook;
@@ -36,6 +38,10 @@ pub struct Limits {
     pub tag_count_limit: u64,
     /// Tags that do not count toward `tag_count_limit`.
     pub exclude_tags: TagFilter,
+    /// Whether a push over these limits is refused, or only reported.
+    pub enforcement: Enforcement,
+    /// The share of a limit at which an allowed push is warned.
+    pub warn_at: Option<Share>,
 }
 
 /// One compiled configuration version.
@@ -70,6 +76,8 @@ pub struct TagQuery<'p> {
     facts: Facts,
     limits: &'p Limits,
     tags: Vec<String>,
+    /// An image-size refusal a `warn`/`dry-run` limit let through: the one `enforce` gives.
+    waived: Option<Denial>,
 }
 
 impl Policy {
@@ -127,14 +135,12 @@ impl Policy {
             }),
             max_image_bytes: Some(limits.max_image_size.bytes()),
             tag_count_limit: Some(limits.tag_count_limit),
+            enforcement: limits.enforcement,
             ..Facts::default()
         };
-        let deny = |facts: Facts, denial: Denial| {
-            Evaluation::Done(Decision {
-                facts,
-                verdict: Verdict::Deny(denial),
-            })
-        };
+        // Only the limits follow `enforcement`: a push that cannot be judged at all (bad name,
+        // unreadable or schema 1 manifest) is refused in every mode.
+        let deny = |facts: Facts, denial: Denial| Evaluation::Done(Decision::denied(facts, denial));
         if let Err(e) = write.grammar() {
             let reason = if e.is_name() {
                 DenyReason::NameInvalid
@@ -171,24 +177,25 @@ impl Policy {
         facts.media_type = Some(measured.media_type().as_str());
         let bytes = ByteSize::from_bytes(measured.image_bytes());
         facts.image_bytes = Some(bytes.bytes());
+        let mut waived = None;
         if bytes > limits.max_image_size {
             let denial = decision::image_too_large(&facts, bytes, limits.max_image_size);
-            return deny(facts, denial);
+            if limits.enforcement.refuses() {
+                return deny(facts, denial);
+            }
+            // Counted and reserved all the same, so that a dry run's tag count stays true.
+            waived = Some(denial);
         }
         let tags = write.tags();
         if tags.iter().all(|t| !limits.exclude_tags.counts(t)) {
             // By digest, or only uncounted tags: nothing to count.
-            return Evaluation::Done(Decision {
-                facts,
-                verdict: Verdict::Allow {
-                    reserved: Vec::new(),
-                },
-            });
+            return Evaluation::Done(Decision::allowed(facts, Vec::new(), waived, limits));
         }
         Evaluation::NeedTags(TagQuery {
             facts,
             limits,
             tags,
+            waived,
         })
     }
 }
@@ -219,6 +226,17 @@ impl TagQuery<'_> {
         self.limits.tag_count_limit
     }
 
+    /// The count up to which a store reserves this push's tags: the limit when it is enforced,
+    /// else no bound, since a push let through past a `warn`/`dry-run` limit still holds its
+    /// slots (the verdict comes from [`conclude`](Self::conclude) against the real limit).
+    pub fn reservation_limit(&self) -> u64 {
+        if self.limits.enforcement.refuses() {
+            self.limits.tag_count_limit
+        } else {
+            u64::MAX
+        }
+    }
+
     /// The exclusion list in force: a store keeps one confirmed set per list, since the same
     /// tags count differently under another.
     pub fn exclude_tags(&self) -> &TagFilter {
@@ -231,7 +249,10 @@ impl TagQuery<'_> {
     /// message come from here, so every store answers in the same words.
     pub fn conclude(self, tally: Tally) -> Decision {
         let Self {
-            mut facts, limits, ..
+            mut facts,
+            limits,
+            mut waived,
+            ..
         } = self;
         facts.tag_count = Some(tally.count);
         facts.new_tags = tally.new_tags.len();
@@ -239,17 +260,12 @@ impl TagQuery<'_> {
         if !tally.new_tags.is_empty() && after > limits.tag_count_limit {
             let denial =
                 decision::tag_limit(&facts, tally.count, &tally.new_tags, limits.tag_count_limit);
-            return Decision {
-                facts,
-                verdict: Verdict::Deny(denial),
-            };
+            if limits.enforcement.refuses() {
+                return Decision::denied(facts, denial);
+            }
+            waived.get_or_insert(denial);
         }
-        Decision {
-            facts,
-            verdict: Verdict::Allow {
-                reserved: tally.reserved,
-            },
-        }
+        Decision::allowed(facts, tally.reserved, waived, limits)
     }
 
     /// Decides against the repository's tags and, when allowed, reserves the new tags' slots in
@@ -274,8 +290,8 @@ impl TagQuery<'_> {
             .filter(|t| filter.counts(t) && !book.contains(t))
             .cloned()
             .collect();
-        let fits = new_tags.is_empty()
-            || count as u64 + new_tags.len() as u64 <= self.limits.tag_count_limit;
+        let fits =
+            new_tags.is_empty() || count as u64 + new_tags.len() as u64 <= self.reservation_limit();
         // Reserve every counted tag not yet confirmed, including ones a concurrent push holds:
         // if that push fails, this one still holds the slot.
         let reserved: Vec<String> = if reserve && fits {

@@ -440,3 +440,203 @@ fn an_encoded_digest_reference_takes_no_slot() {
         Evaluation::NeedTags(_) => panic!("a digest push asked for tags"),
     }
 }
+
+const ROLLOUT: &str = include_str!("../../../tests/fixtures/policy/valid/rollout.yaml");
+
+#[test]
+fn enforcement_and_warn_at_are_inherited_by_rules_that_do_not_say() {
+    let p = policy(ROLLOUT);
+    let table: &[(&str, Enforcement, Option<&str>)] = &[
+        ("trial/app", Enforcement::DryRun, Some("90%")),
+        ("soon/app", Enforcement::Warn, Some("80%")),
+        ("strict/app", Enforcement::Enforce, Some("90%")),
+        ("elsewhere", Enforcement::Enforce, Some("90%")),
+    ];
+    for (repo, mode, share) in table {
+        let limits = p.limits_for(repo).1;
+        assert_eq!(limits.enforcement, *mode, "{repo}");
+        assert_eq!(
+            limits.warn_at.map(|s| s.to_string()).as_deref(),
+            *share,
+            "{repo}"
+        );
+    }
+    // A configuration without the new keys enforces and never warns.
+    let p = policy(SEED);
+    for limits in std::iter::once(p.global()).chain(p.rules().iter().map(|r| &r.limits)) {
+        assert_eq!(limits.enforcement, Enforcement::Enforce);
+        assert_eq!(limits.warn_at, None);
+    }
+}
+
+#[test]
+fn dry_run_lets_an_oversized_image_through_with_the_refusal_recorded_and_nothing_said() {
+    let p = policy(ROLLOUT);
+    let mut book = tags(0);
+    let d = decide(
+        &p,
+        "/v2/trial/app/manifests/big",
+        OCI,
+        &image(10 * MB + 1),
+        &mut book,
+    );
+    assert!(d.is_allowed(), "{d:?}");
+    let waived = d.waived.as_ref().expect("would-be denial");
+    assert_eq!(waived.reason, DenyReason::ImageTooLarge);
+    assert!(
+        waived.message.contains("10485761 bytes"),
+        "{}",
+        waived.message
+    );
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    assert_eq!(d.facts.enforcement, Enforcement::DryRun);
+    assert!(d.discloses_limits());
+    // The tag slot is held as in enforce, so the dry run's count stays true.
+    assert_eq!(
+        d.verdict,
+        Verdict::Allow {
+            reserved: vec!["big".into()]
+        }
+    );
+    assert!(book.contains("big"));
+    // The same push under the enforced rule is refused with the same words.
+    let enforced = decide(
+        &p,
+        "/v2/strict/app/manifests/big",
+        OCI,
+        &image(10 * MB + 1),
+        &mut tags(0),
+    );
+    assert_eq!(
+        enforced.denial().map(|d| d.reason),
+        Some(DenyReason::ImageTooLarge)
+    );
+}
+
+#[test]
+fn dry_run_past_the_tag_limit_reserves_and_records_the_tag_refusal() {
+    let p = policy(ROLLOUT);
+    let mut book = tags(5);
+    let d = decide(&p, "/v2/trial/app/manifests/t5", OCI, &image(MB), &mut book);
+    assert!(d.is_allowed(), "{d:?}");
+    let waived = d.waived.as_ref().expect("would-be denial");
+    assert_eq!(waived.reason, DenyReason::TagLimit);
+    assert_eq!(
+        d.verdict,
+        Verdict::Allow {
+            reserved: vec!["t5".into()]
+        }
+    );
+    assert_eq!(d.facts.tag_count, Some(5));
+    assert!(book.contains("t5"));
+    // Both limits broken: the would-be denial is the one enforce gives first, the size.
+    let d = decide(
+        &p,
+        "/v2/trial/app/manifests/t6",
+        OCI,
+        &image(11 * MB),
+        &mut book,
+    );
+    assert_eq!(d.waived.map(|w| w.reason), Some(DenyReason::ImageTooLarge));
+}
+
+#[test]
+fn warn_hands_the_client_the_refusal_text() {
+    let p = policy(ROLLOUT);
+    let d = decide(
+        &p,
+        "/v2/soon/app/manifests/t5",
+        OCI,
+        &image(MB),
+        &mut tags(5),
+    );
+    assert!(d.is_allowed(), "{d:?}");
+    let waived = d.waived.as_ref().expect("would-be denial");
+    assert_eq!(waived.reason, DenyReason::TagLimit);
+    assert_eq!(d.warnings.len(), 1, "{:?}", d.warnings);
+    assert!(
+        d.warnings[0].contains("enforcement: warn"),
+        "{}",
+        d.warnings[0]
+    );
+    assert!(d.warnings[0].contains(&waived.message), "{}", d.warnings[0]);
+}
+
+#[test]
+fn warn_at_fires_at_the_threshold_and_not_below() {
+    let p = policy(ROLLOUT);
+    // soon/: warn_at 80% of 5 tags = 4 tags after the push.
+    let below = decide(
+        &p,
+        "/v2/soon/app/manifests/new",
+        OCI,
+        &image(MB),
+        &mut tags(2),
+    );
+    assert!(below.is_allowed() && below.warnings.is_empty(), "{below:?}");
+    let at = decide(
+        &p,
+        "/v2/soon/app/manifests/new",
+        OCI,
+        &image(MB),
+        &mut tags(3),
+    );
+    assert!(at.is_allowed() && at.waived.is_none(), "{at:?}");
+    assert_eq!(at.warnings.len(), 1, "{:?}", at.warnings);
+    assert!(
+        at.warnings[0].starts_with("soon/app now has 4 of its 5 tags"),
+        "{}",
+        at.warnings[0]
+    );
+    // A push to an existing tag adds none, but the count it leaves still counts.
+    let existing = decide(
+        &p,
+        "/v2/soon/app/manifests/t0",
+        OCI,
+        &image(MB),
+        &mut tags(4),
+    );
+    assert!(existing.warnings[0].starts_with("soon/app now has 4 of its 5 tags"));
+    // Sizes: 80% of 10MB is 8MB exactly.
+    let digest = format!("/v2/soon/app/manifests/sha256:{}", "0".repeat(64));
+    let size = |bytes| decide(&p, &digest, OCI, &image(bytes), &mut tags(0));
+    assert!(size(8 * MB - 1).warnings.is_empty());
+    let at = size(8 * MB);
+    assert_eq!(at.warnings.len(), 1, "{:?}", at.warnings);
+    assert!(
+        at.warnings[0].contains("8388608 bytes, 80% of the limit of 10485760 bytes"),
+        "{}",
+        at.warnings[0]
+    );
+    // Limits are still enforced past a soft threshold.
+    let over = decide(
+        &p,
+        "/v2/strict/app/manifests/x",
+        OCI,
+        &image(10 * MB + 1),
+        &mut tags(0),
+    );
+    assert!(!over.is_allowed());
+    assert!(over.warnings.is_empty());
+}
+
+#[test]
+fn warnings_fit_the_header_budget() {
+    let p = policy(ROLLOUT);
+    let d = decide(
+        &p,
+        "/v2/soon/app/manifests/new",
+        OCI,
+        &image(9 * MB),
+        &mut tags(3),
+    );
+    assert_eq!(d.warnings.len(), 2, "{:?}", d.warnings);
+    let values = warning_headers(&d.warnings);
+    assert_eq!(values.len(), 2);
+    assert!(values.iter().map(String::len).sum::<usize>() <= rollout::MAX_WARNING_BYTES);
+    assert!(
+        values
+            .iter()
+            .all(|v| v.starts_with("299 - \"") && v.ends_with('"'))
+    );
+}

@@ -1,7 +1,7 @@
 //! The configuration as operators write it, and its compilation into a [`Policy`].
 //!
 //! Three shapes carry the same keys (`max_image_size`, `tag_count_limit`, `rules`, and the optional
-//! `exclude_tags`), and the shape is detected, never declared:
+//! `exclude_tags`, `enforcement` and `warn_at`), and the shape is detected, never declared:
 //! - a YAML file with those keys at the top;
 //! - a whole `kind: ConfigMap` manifest, whose `data` holds them as strings;
 //! - a directory as Kubernetes mounts a ConfigMap: one file per key.
@@ -21,7 +21,10 @@ mod yaml;
 use std::fmt;
 
 use self::shape::{KeyValue, Keys, read_document, set_key, unknown_key_message, with_nested};
-use self::values::{count_value, exclude_value, one_line, rules_value, size_value};
+use self::values::{
+    Inherited, count_value, enforcement_value, exclude_value, one_line, rules_value, share_value,
+    size_value,
+};
 use self::yaml::{NO_OFFSET, Node, Value, parse_yaml};
 use super::size::ByteSize;
 use super::{Limits, Policy};
@@ -34,7 +37,14 @@ pub const DEFAULT_MAX_IMAGE_SIZE: ByteSize = ByteSize::from_bytes(1024 * 1024 * 
 /// Default `tag_count_limit` when the key is absent.
 pub const DEFAULT_TAG_COUNT_LIMIT: u64 = 1000;
 
-const KEYS: [&str; 4] = ["max_image_size", "tag_count_limit", "rules", "exclude_tags"];
+const KEYS: [&str; 6] = [
+    "max_image_size",
+    "tag_count_limit",
+    "rules",
+    "exclude_tags",
+    "enforcement",
+    "warn_at",
+];
 
 /// The configuration texts, as read by the caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -171,16 +181,30 @@ fn build(file: &str, keys: Keys<'_>, problems: &mut Vec<Problem>) -> Option<Poli
         .exclude_tags
         .map(|kv| with_nested(&kv, "exclude_tags", problems, exclude_value))
         .unwrap_or_default();
+    let enforcement = keys
+        .enforcement
+        .and_then(|kv| enforcement_value(&kv, "enforcement", problems))
+        .unwrap_or_default();
+    let warn_at = keys
+        .warn_at
+        .and_then(|kv| share_value(&kv, "warn_at", problems));
     let global = Limits {
         max_image_size,
         tag_count_limit,
         exclude_tags: exclude_tags.clone(),
+        enforcement,
+        warn_at,
+    };
+    let inherited = Inherited {
+        exclude_tags,
+        enforcement,
+        warn_at,
     };
     let rules = keys
         .rules
         .map(|kv| {
             with_nested(&kv, "rules", problems, |ctx, node| {
-                rules_value(ctx, node, &exclude_tags)
+                rules_value(ctx, node, &inherited)
             })
         })
         .unwrap_or_default();

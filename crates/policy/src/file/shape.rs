@@ -4,13 +4,15 @@
 use super::yaml::{Ctx, NO_OFFSET, Node, Offset, Value, parse_yaml};
 use super::{KEYS, Problem};
 
-/// The four keys, wherever they came from.
+/// The keys, wherever they came from.
 #[derive(Default)]
 pub(super) struct Keys<'a> {
     pub(super) max_image_size: Option<KeyValue<'a>>,
     pub(super) tag_count_limit: Option<KeyValue<'a>>,
     pub(super) rules: Option<KeyValue<'a>>,
     pub(super) exclude_tags: Option<KeyValue<'a>>,
+    pub(super) enforcement: Option<KeyValue<'a>>,
+    pub(super) warn_at: Option<KeyValue<'a>>,
 }
 
 /// A key's value, with the file it sits in.
@@ -24,7 +26,7 @@ pub(super) struct KeyValue<'a> {
 
 pub(super) fn unknown_key_message(key: &str) -> String {
     format!(
-        "unknown key `{key}`; expected one of max_image_size, tag_count_limit, rules, exclude_tags"
+        "unknown key `{key}`; expected one of max_image_size, tag_count_limit, rules, exclude_tags, enforcement, warn_at"
     )
 }
 
@@ -33,6 +35,8 @@ pub(super) fn set_key<'a>(keys: &mut Keys<'a>, key: &str, value: KeyValue<'a>) {
         "max_image_size" => keys.max_image_size = Some(value),
         "tag_count_limit" => keys.tag_count_limit = Some(value),
         "rules" => keys.rules = Some(value),
+        "enforcement" => keys.enforcement = Some(value),
+        "warn_at" => keys.warn_at = Some(value),
         _ => keys.exclude_tags = Some(value),
     }
 }

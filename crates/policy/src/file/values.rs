@@ -6,6 +6,7 @@ use super::Problem;
 use super::shape::KeyValue;
 use super::yaml::{Ctx, Node, Value};
 use crate::Limits;
+use crate::rollout::{Enforcement, Share};
 use crate::rule::{Rule, TagFilter};
 use crate::size::ByteSize;
 
@@ -33,6 +34,60 @@ pub(super) fn count_value(
         problems,
     };
     read_count(&mut ctx, &kv.node, field)
+}
+
+pub(super) fn enforcement_value(
+    kv: &KeyValue<'_>,
+    field: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<Enforcement> {
+    let mut ctx = Ctx {
+        file: kv.file,
+        offset: kv.offset,
+        problems,
+    };
+    read_enforcement(&mut ctx, &kv.node, field)
+}
+
+pub(super) fn share_value(
+    kv: &KeyValue<'_>,
+    field: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<Share> {
+    let mut ctx = Ctx {
+        file: kv.file,
+        offset: kv.offset,
+        problems,
+    };
+    read_share(&mut ctx, &kv.node, field)
+}
+
+fn read_enforcement(ctx: &mut Ctx<'_>, node: &Node, field: &str) -> Option<Enforcement> {
+    let parsed = match &node.value {
+        Value::Str(s) => s.trim().parse::<Enforcement>(),
+        other => Err(format!(
+            "expected enforce, warn or dry-run, found {}",
+            other.kind()
+        )),
+    };
+    parsed.map_err(|e| ctx.at(Some(node), field, e)).ok()
+}
+
+fn read_share(ctx: &mut Ctx<'_>, node: &Node, field: &str) -> Option<Share> {
+    let parsed = match &node.value {
+        Value::Str(s) => s.trim().parse::<Share>(),
+        Value::Int(i) => Err(format!(
+            "expected a share of the limit such as \"90%\", found the number {i}; write it with a percent sign"
+        )),
+        Value::Float(f) => Err(format!(
+            "expected a share of the limit such as \"90%\", found the number {f}; write it with a percent sign"
+        )),
+        other => Err(format!(
+            "expected a share of the limit such as \"90%\", found {}",
+            other.kind()
+        )),
+    };
+    parsed.map_err(|e| ctx.at(Some(node), field, e)).ok()
 }
 
 fn read_size(ctx: &mut Ctx<'_>, node: &Node, field: &str) -> Option<ByteSize> {
@@ -125,7 +180,14 @@ fn read_exclude(ctx: &mut Ctx<'_>, node: &Node, field: &str) -> Option<TagFilter
     TagFilter::new(patterns).ok()
 }
 
-pub(super) fn rules_value(ctx: &mut Ctx<'_>, node: &Node, global_exclude: &TagFilter) -> Vec<Rule> {
+/// What a rule inherits from the top level when its `limit` does not say.
+pub(super) struct Inherited {
+    pub(super) exclude_tags: TagFilter,
+    pub(super) enforcement: Enforcement,
+    pub(super) warn_at: Option<Share>,
+}
+
+pub(super) fn rules_value(ctx: &mut Ctx<'_>, node: &Node, inherited: &Inherited) -> Vec<Rule> {
     let items = match &node.value {
         Value::Null => return Vec::new(),
         Value::Seq(items) => items,
@@ -141,19 +203,14 @@ pub(super) fn rules_value(ctx: &mut Ctx<'_>, node: &Node, global_exclude: &TagFi
     };
     let mut rules = Vec::new();
     for (index, item) in items.iter().enumerate() {
-        if let Some(rule) = read_rule(ctx, index, item, global_exclude) {
+        if let Some(rule) = read_rule(ctx, index, item, inherited) {
             rules.push(rule);
         }
     }
     rules
 }
 
-fn read_rule(
-    ctx: &mut Ctx<'_>,
-    index: usize,
-    node: &Node,
-    global_exclude: &TagFilter,
-) -> Option<Rule> {
+fn read_rule(ctx: &mut Ctx<'_>, index: usize, node: &Node, inherited: &Inherited) -> Option<Rule> {
     let here = format!("rules[{index}]");
     let Value::Map(entries) = &node.value else {
         let kind = node.value.kind();
@@ -221,6 +278,8 @@ fn read_rule(
     let mut max_image_size = None;
     let mut tag_count_limit = None;
     let mut exclude = None;
+    let mut enforcement = None;
+    let mut warn_at = None;
     match limit {
         None => {
             ctx.at(
@@ -260,11 +319,19 @@ fn read_rule(
                         exclude = read_exclude(ctx, value, &field);
                         ok &= exclude.is_some();
                     }
+                    Value::Str(k) if k == "enforcement" => {
+                        enforcement = read_enforcement(ctx, value, &field);
+                        ok &= enforcement.is_some();
+                    }
+                    Value::Str(k) if k == "warn_at" => {
+                        warn_at = read_share(ctx, value, &field);
+                        ok &= warn_at.is_some();
+                    }
                     Value::Str(k) => {
                         ctx.at(
                             Some(key),
                             &field,
-                            format!("unknown limit key `{k}`; expected max_image_size, tag_count_limit, exclude_tags"),
+                            format!("unknown limit key `{k}`; expected max_image_size, tag_count_limit, exclude_tags, enforcement, warn_at"),
                         );
                         ok = false;
                     }
@@ -309,7 +376,9 @@ fn read_rule(
         limits: Limits {
             max_image_size: max_image_size?,
             tag_count_limit: tag_count_limit?,
-            exclude_tags: exclude.unwrap_or_else(|| global_exclude.clone()),
+            exclude_tags: exclude.unwrap_or_else(|| inherited.exclude_tags.clone()),
+            enforcement: enforcement.unwrap_or(inherited.enforcement),
+            warn_at: warn_at.or(inherited.warn_at),
         },
     })
 }
