@@ -1,8 +1,9 @@
 //! A Docker daemon of the test's own (Debian `docker.io`, dockerd 20.10 with its own containerd),
 //! so `docker push` and `docker manifest push` are the real clients. Everything the daemon keeps
 //! is under one temp dir: `--data-root`, `--exec-root` (containerd's state and sockets),
-//! `--pidfile` and the API socket (`-H unix://…`), which the CLI reaches through `DOCKER_HOST`;
-//! the CLI's own files (`docker manifest` lists) go to `DOCKER_CONFIG` there too. No network
+//! `--pidfile`, its own `--config-file` and the API socket (`-H unix://…`), which the CLI reaches
+//! through `DOCKER_HOST`; the CLI's own files (`docker manifest` lists) go to `DOCKER_CONFIG`
+//! there too. No network
 //! is set up (`--bridge=none --iptables=false`) and images use the `vfs` storage driver, which
 //! needs nothing from the kernel but plain directories; nothing here runs a container.
 //!
@@ -108,8 +109,14 @@ impl Dockerd {
         let exec_root = dir.path().join("exec");
         let config_dir = dir.path().join("cli");
         std::fs::create_dir_all(&config_dir).expect("temp dir is writable");
+        // An empty daemon config of its own: settings in the host's /etc/docker/daemon.json that
+        // repeat a flag make dockerd refuse to start, and any other would change what is tested.
+        let daemon_json = dir.path().join("daemon.json");
+        std::fs::write(&daemon_json, "{}\n").expect("temp dir is writable");
         let mut cmd = Command::new(dockerd_bin());
-        cmd.arg("--storage-driver")
+        cmd.arg("--config-file")
+            .arg(&daemon_json)
+            .arg("--storage-driver")
             .arg("vfs")
             .arg("--iptables=false")
             .arg("--ip6tables=false")
