@@ -23,6 +23,7 @@
 //! not count as released reservations.
 
 use crate::support;
+use support::Scrape;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -127,34 +128,14 @@ const TAG_LIST_FETCHES: &str = "registry_gateway_registry_tag_list_requests_tota
 const RESERVATIONS: &str = "registry_gateway_tag_reservations_total";
 const DECISIONS: &str = "registry_gateway_decisions_total";
 
-/// One scrape of the sidecar's `/metrics`.
-struct Scrape(String);
+/// The figures these tests read from a [`Scrape`].
+trait Figures {
+    fn fetches(&self) -> u64;
+    fn reservations(&self, result: &str) -> u64;
+    fn decisions(&self, outcome: &str, reason: &str) -> u64;
+}
 
-impl Scrape {
-    async fn take(admin: &RegistryClient) -> Scrape {
-        let reply = admin.request("GET", "/metrics", &[], None).await;
-        assert_eq!(reply.status, 200, "GET /metrics: {}", reply.text());
-        Scrape(reply.text())
-    }
-
-    /// The value of the series `name` whose labels include `labels` (0 when absent: counters
-    /// appear on first use).
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        self.0
-            .lines()
-            .filter(|line| !line.starts_with('#'))
-            .filter_map(|line| line.rsplit_once(' '))
-            .filter(|(series, _)| {
-                let (series_name, series_labels) = series.split_once('{').unwrap_or((series, ""));
-                series_name == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| series_labels.contains(&format!("{k}=\"{v}\"")))
-            })
-            .map(|(_, value)| value.parse::<f64>().expect("numeric sample") as u64)
-            .sum()
-    }
-
+impl Figures for Scrape {
     fn fetches(&self) -> u64 {
         self.get(TAG_LIST_FETCHES, &[("result", "ok")])
     }

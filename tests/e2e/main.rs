@@ -15,6 +15,8 @@ mod concurrency;
 mod envoy;
 /// ext_authz mode against ext_proc mode: one table, the same answers.
 mod ext_authz;
+/// dry-run, warn and warn_at through both filter modes.
+mod rollout;
 /// Replicas sharing their tag books in a real Redis.
 mod shared;
 /// The sidecar behind Envoy: limits, manifests, auth flows, reload, shutdown.

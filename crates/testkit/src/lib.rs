@@ -35,6 +35,7 @@ mod envoy_config;
 mod fake_extproc;
 mod gateway;
 mod http;
+mod metrics;
 mod oci;
 mod podman;
 mod process;
@@ -56,6 +57,7 @@ pub use envoy_config::{EnvoyOptions, RenderError, disable_route_ext_proc, render
 pub use fake_extproc::{FAKE_DENIAL_MESSAGE, FakeExtProc, SeenStream};
 pub use gateway::{Gateway, GatewayOptions, Stack, StackOptions, write_credentials_dir};
 pub use http::{HttpReply, RegistryClient, raw_http, sha256_digest};
+pub use metrics::Scrape;
 pub use oci::{
     Descriptor, Layout, OCI_CONFIG, OCI_INDEX, OCI_LAYER_TAR, OCI_MANIFEST, OciImage,
     oci_image_layout, oci_index_layout, oci_index_layout_seeded, random_bytes, skopeo, skopeo_copy,
