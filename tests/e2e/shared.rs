@@ -5,154 +5,16 @@
 
 use crate::support;
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use std::process::{Child, Command};
 use support::{
-    Envoy, EnvoyOptions, Gateway, GatewayOptions, Registry, RegistryClient, RegistryOptions,
+    Envoy, EnvoyOptions, Gateway, GatewayOptions, Redis, Registry, RegistryClient, RegistryOptions,
+    redis_cluster,
 };
 
 const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
 const LIMIT: usize = 5;
 const CONFIG: &str = "max_image_size: 1MB\ntag_count_limit: 5\n";
-
-fn redis_bin(name: &str) -> PathBuf {
-    for dir in ["/usr/bin", "/usr/local/bin"] {
-        let path = PathBuf::from(dir).join(name);
-        if path.exists() {
-            return path;
-        }
-    }
-    panic!("`{name}` not found: scripts/setup installs Debian's redis-server and redis-tools");
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
-/// One `redis-server` on loopback, killed (by PID) on drop.
-struct Redis {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-    cluster: bool,
-}
-
-impl Redis {
-    async fn start(cluster: bool) -> Redis {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut redis = Redis {
-            child: None,
-            port: free_port(),
-            dir,
-            cluster,
-        };
-        redis.spawn().await;
-        redis
-    }
-
-    async fn spawn(&mut self) {
-        let mut cmd = Command::new(redis_bin("redis-server"));
-        cmd.arg("--port")
-            .arg(self.port.to_string())
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path());
-        if self.cluster {
-            cmd.args(["--cluster-enabled", "yes", "--cluster-config-file"])
-                .arg(self.dir.path().join("nodes.conf"));
-        }
-        cmd.stdout(Stdio::null()).stderr(Stdio::null());
-        self.child = Some(cmd.spawn().expect("redis-server starts"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.cli(&["PING"]).await.as_deref() != Some("PONG") {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on {} never answered",
-                self.port
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new(redis_bin("redis-cli"))
-            .arg("-p")
-            .arg(self.port.to_string())
-            .args(args)
-            .output()
-            .ok()?;
-        Some(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Stopped and started again on the same port, with an empty dataset.
-    async fn restart_empty(&mut self) {
-        self.stop().await;
-        self.spawn().await;
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Three masters joined into one Cluster.
-async fn cluster() -> (Vec<Redis>, String) {
-    let mut nodes = Vec::new();
-    for _ in 0..3 {
-        nodes.push(Redis::start(true).await);
-    }
-    let addrs: Vec<String> = nodes
-        .iter()
-        .map(|n| format!("127.0.0.1:{}", n.port))
-        .collect();
-    let out = Command::new(redis_bin("redis-cli"))
-        .arg("--cluster")
-        .arg("create")
-        .args(&addrs)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .output()
-        .expect("redis-cli --cluster create");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut ok = true;
-        for node in &nodes {
-            let info = node.cli(&["CLUSTER", "INFO"]).await.unwrap_or_default();
-            ok &= info.contains("cluster_state:ok");
-        }
-        if ok {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the cluster never came up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let url = format!("redis-cluster://{}", addrs.join(","));
-    (nodes, url)
-}
 
 /// A registry and `replicas` pairs of sidecar + Envoy sharing `state`.
 struct Pods {
@@ -403,7 +265,7 @@ async fn with_redis_stopped_counts_answer_503_promptly_and_sizes_are_still_judge
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_three_master_cluster_admits_exactly_the_room_left() {
-    let (_nodes, url) = cluster().await;
+    let (_nodes, url) = redis_cluster(3).await;
     let pods = Pods::start(3, &url, &[]).await;
     let clients = pods.clients();
     for round in 0..4 {

@@ -39,6 +39,7 @@ mod metrics;
 mod oci;
 mod podman;
 mod process;
+mod redis;
 mod registry;
 mod tarball;
 mod token;
@@ -68,6 +69,7 @@ pub use process::{
     ManagedChild, cpu_seconds, kill_all_listed, reset_peak_rss, set_pid_file, start_time,
     status_kib,
 };
+pub use redis::{Redis, redis_bin, redis_cluster};
 pub use registry::{
     AccessLogEntry, Registry, RegistryOptions, TokenAuthConfig, distribution_config, listening_addr,
 };
