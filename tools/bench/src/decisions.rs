@@ -1,5 +1,6 @@
-//! P3: decisions per second with ext_proc streams driven directly (`extproc-load`), the sidecar
-//! against the do-nothing server in alternating rounds; latency at that load.
+//! P3: decisions per second with ext_proc streams driven directly (`extproc-load`), the sidecar in
+//! memory mode and in Redis mode against the do-nothing server, in rotating rounds; latency at
+//! that load.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::Ctx;
-use crate::report::{Cmp, Figure, GREEN, RED};
+use crate::report::{Cmp, Figure, GREEN, ORANGE, RED};
 use crate::stats::{self, Dist, median, round};
 use registry_gateway_testkit::{ManagedChild, cpu_seconds};
 
@@ -81,6 +82,10 @@ fn run_load(
     })
 }
 
+const NOOP: usize = 0;
+const SIDECAR: usize = 1;
+const REDIS: usize = 2;
+
 pub(crate) fn p3(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
     let (seconds, warmup, conc) = (
         ctx.profile.p3_seconds,
@@ -90,17 +95,31 @@ pub(crate) fn p3(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
     let targets = [
         ("noop", (ctx.noop.addr, ctx.noop.proc.pid())),
         ("sidecar", (ctx.gateway.grpc, ctx.gateway.proc.pid())),
+        (
+            "sidecar-redis",
+            (ctx.gateway_redis.grpc, ctx.gateway_redis.proc.pid()),
+        ),
     ];
-    let mut rates: [Vec<f64>; 2] = Default::default();
-    let mut samples: [Vec<u64>; 2] = Default::default();
-    let mut reports: [Vec<Value>; 2] = Default::default();
-    let mut cpu_us: [Vec<f64>; 2] = Default::default();
-    let mut generator_busy: [Vec<f64>; 2] = Default::default();
+    const N: usize = 3;
+    let redis_pid = ctx.redis.pid();
+    let mut rates: [Vec<f64>; N] = Default::default();
+    let mut samples: [Vec<u64>; N] = Default::default();
+    let mut reports: [Vec<Value>; N] = Default::default();
+    let mut cpu_us: [Vec<f64>; N] = Default::default();
+    let mut generator_busy: [Vec<f64>; N] = Default::default();
+    let mut redis_cpu_us: Vec<f64> = Vec::new();
+    let mut redis_commands_per_decision: Vec<f64> = Vec::new();
     let mut errors = 0u64;
     let mut first_error = None;
     for round in 0..ctx.profile.p3_rounds {
-        for k in 0..2 {
-            let m = (round + k) % 2;
+        for k in 0..N {
+            let m = (round + k) % N;
+            let redis_before = (m == REDIS).then(|| {
+                (
+                    redis_pid.and_then(cpu_seconds),
+                    ctx.redis.command_calls().ok(),
+                )
+            });
             let r = run_load(
                 ctx,
                 targets[m].1,
@@ -109,6 +128,25 @@ pub(crate) fn p3(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
                 conc,
                 &format!("{}-{round}", targets[m].0),
             )?;
+            if let Some((cpu_before, calls_before)) = redis_before {
+                let total = r.report["decisions_total"].as_f64().unwrap_or(0.0);
+                if let (Some(before), Some(after), true) =
+                    (cpu_before, redis_pid.and_then(cpu_seconds), total > 0.0)
+                {
+                    redis_cpu_us.push((after - before) / total * 1e6);
+                }
+                if let (Some(before), Ok(after), true) =
+                    (calls_before, ctx.redis.command_calls(), total > 0.0)
+                {
+                    // Every command but our own INFO (the later one counts the earlier one).
+                    let commands: u64 = after
+                        .iter()
+                        .map(|(k, v)| v.saturating_sub(before.get(k).copied().unwrap_or(0)))
+                        .sum::<u64>()
+                        .saturating_sub(1);
+                    redis_commands_per_decision.push(commands as f64 / total);
+                }
+            }
             rates[m].push(r.rate);
             if let Some(us) = r.report["server_cpu_us_per_decision"].as_f64() {
                 cpu_us[m].push(us);
@@ -134,44 +172,90 @@ pub(crate) fn p3(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
             json!({"rate": round(r.rate), "latency": Dist::new(r.samples).json()}),
         );
     }
-    let ratios: Vec<f64> = (0..ctx.profile.p3_rounds)
-        .map(|r| rates[1][r] / rates[0][r])
-        .collect();
-    let [noop, sidecar] = samples.map(Dist::new);
+    let ratios_of = |m: usize| -> Vec<f64> {
+        (0..ctx.profile.p3_rounds)
+            .map(|r| rates[m][r] / rates[NOOP][r])
+            .collect()
+    };
+    let ratios = ratios_of(SIDECAR);
+    let redis_ratios = ratios_of(REDIS);
+    let [noop, sidecar, redis] = samples.map(Dist::new);
     let ratio = median(&ratios);
+    let redis_ratio = median(&redis_ratios);
+    let rounded = |v: &[f64]| v.iter().map(|r| round(*r)).collect::<Vec<_>>();
     let raw = json!({
-        "method": format!("extproc-load: {conc} concurrent ext_proc streams (request headers, 3-layer manifest body, 201 response headers, half-close) on 1 HTTP/2 connection, 1 generator thread; {} rounds of {seconds} s (+{warmup} s warm-up) alternating do-nothing server and sidecar; value = median of per-round ratios", ctx.profile.p3_rounds),
+        "method": format!("extproc-load: {conc} concurrent ext_proc streams (request headers, 3-layer manifest body, 201 response headers, half-close) on 1 HTTP/2 connection, 1 generator thread; {} rounds of {seconds} s (+{warmup} s warm-up), each round the do-nothing server, the memory-mode sidecar and the Redis-mode sidecar in rotating order; value = median of per-round ratios", ctx.profile.p3_rounds),
         "concurrency": conc,
-        "sidecar_rates": rates[1].iter().map(|r| round(*r)).collect::<Vec<_>>(),
-        "noop_rates": rates[0].iter().map(|r| round(*r)).collect::<Vec<_>>(),
-        "ratio_per_round": ratios.iter().map(|r| round(*r)).collect::<Vec<_>>(),
-        "sidecar_decisions_per_s_median": round(median(&rates[1])),
-        "noop_decisions_per_s_median": round(median(&rates[0])),
-        "sidecar_cpu_us_per_decision_median": round(median(&cpu_us[1])),
-        "noop_cpu_us_per_decision_median": round(median(&cpu_us[0])),
-        "generator_busy_share_sidecar_runs": generator_busy[1],
-        "generator_busy_share_noop_runs": generator_busy[0],
+        "sidecar_rates": rounded(&rates[SIDECAR]),
+        "sidecar_redis_rates": rounded(&rates[REDIS]),
+        "noop_rates": rounded(&rates[NOOP]),
+        "ratio_per_round": rounded(&ratios),
+        "redis_ratio_per_round": rounded(&redis_ratios),
+        "sidecar_decisions_per_s_median": round(median(&rates[SIDECAR])),
+        "sidecar_redis_decisions_per_s_median": round(median(&rates[REDIS])),
+        "noop_decisions_per_s_median": round(median(&rates[NOOP])),
+        "sidecar_cpu_us_per_decision_median": round(median(&cpu_us[SIDECAR])),
+        "sidecar_redis_cpu_us_per_decision_median": round(median(&cpu_us[REDIS])),
+        "redis_server_cpu_us_per_decision_median": round(median(&redis_cpu_us)),
+        "redis_commands_per_decision_per_round": rounded(&redis_commands_per_decision),
+        "noop_cpu_us_per_decision_median": round(median(&cpu_us[NOOP])),
+        "generator_busy_share_sidecar_runs": generator_busy[SIDECAR],
+        "generator_busy_share_sidecar_redis_runs": generator_busy[REDIS],
+        "generator_busy_share_noop_runs": generator_busy[NOOP],
         "sidecar_latency": sidecar.json(),
+        "sidecar_redis_latency": redis.json(),
         "noop_latency": noop.json(),
         "unloaded_concurrency_1": unloaded,
         "errors": errors,
         "first_error": first_error,
-        "reports": {"sidecar": reports[1], "noop": reports[0]},
+        "reports": {"sidecar": reports[SIDECAR], "sidecar-redis": reports[REDIS], "noop": reports[NOOP]},
     });
-    let sidecar_rate = median(&rates[1]);
-    let noop_rate = median(&rates[0]);
+    let sidecar_rate = median(&rates[SIDECAR]);
+    let redis_rate = median(&rates[REDIS]);
+    let noop_rate = median(&rates[NOOP]);
+    if let Some(Value::Object(redis_mode)) = ctx.extra.get_mut("redis_mode") {
+        redis_mode.insert(
+            "p3_decisions_per_s_redis_over_noop".to_owned(),
+            json!(round(redis_ratio)),
+        );
+        redis_mode.insert(
+            "p3_decisions_per_s_redis_over_memory".to_owned(),
+            json!(round(redis_rate / sidecar_rate)),
+        );
+        redis_mode.insert(
+            "p3_decisions_per_s".to_owned(),
+            json!({"redis": round(redis_rate), "memory": round(sidecar_rate), "noop": round(noop_rate)}),
+        );
+        redis_mode.insert(
+            "p3_redis_commands_per_decision_per_round".to_owned(),
+            json!(rounded(&redis_commands_per_decision)),
+        );
+    } else {
+        ctx.extra.insert(
+            "redis_mode".to_owned(),
+            json!({
+                "p3_decisions_per_s_redis_over_noop": round(redis_ratio),
+                "p3_decisions_per_s_redis_over_memory": round(redis_rate / sidecar_rate),
+                "p3_decisions_per_s": {"redis": round(redis_rate), "memory": round(sidecar_rate), "noop": round(noop_rate)},
+                "p3_redis_commands_per_decision_per_round": rounded(&redis_commands_per_decision),
+            }),
+        );
+    }
     let (p50, p99) = (sidecar.q(0.5), sidecar.q(0.99));
+    let (redis_p50, redis_p99) = (redis.q(0.5), redis.q(0.99));
     ctx.plots.p3 = vec![
         (format!("sidecar ({sidecar_rate:.0}/s)"), RED, sidecar),
+        (format!("sidecar, redis ({redis_rate:.0}/s)"), ORANGE, redis),
         (format!("do-nothing server ({noop_rate:.0}/s)"), GREEN, noop),
     ];
+    let value = |v: f64| if errors > 0 { f64::NAN } else { v };
     Ok(vec![
         Figure {
             id: "P3".into(),
             what: format!(
                 "ext_proc decisions/s: sidecar / do-nothing ({sidecar_rate:.0} vs {noop_rate:.0} /s)"
             ),
-            value: if errors > 0 { f64::NAN } else { ratio },
+            value: value(ratio),
             unit: "ratio",
             target: Some((Cmp::AtLeast, 0.8)),
             raw,
@@ -180,9 +264,9 @@ pub(crate) fn p3(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
             id: "P3 cpu".into(),
             what: format!(
                 "sidecar CPU per decision (do-nothing server: {:.0} us)",
-                median(&cpu_us[0])
+                median(&cpu_us[NOOP])
             ),
-            value: median(&cpu_us[1]),
+            value: median(&cpu_us[SIDECAR]),
             unit: "us",
             target: None,
             raw: json!({"see": "P3"}),
@@ -199,6 +283,35 @@ pub(crate) fn p3(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
             id: "P3 p99".into(),
             what: format!("sidecar stream latency p99 at that load ({conc} in flight)"),
             value: p99,
+            unit: "ms",
+            target: None,
+            raw: json!({"see": "P3"}),
+        },
+        Figure {
+            id: "P3 redis".into(),
+            what: format!(
+                "ext_proc decisions/s, Redis mode / do-nothing ({redis_rate:.0} vs {noop_rate:.0} /s)"
+            ),
+            value: value(redis_ratio),
+            unit: "ratio",
+            target: Some((Cmp::AtLeast, 0.6)),
+            raw: json!({"see": "P3", "also": "redis_mode"}),
+        },
+        Figure {
+            id: "P3 redis cpu".into(),
+            what: format!(
+                "Redis-mode sidecar CPU per decision (redis-server: {:.0} us more)",
+                median(&redis_cpu_us)
+            ),
+            value: median(&cpu_us[REDIS]),
+            unit: "us",
+            target: None,
+            raw: json!({"see": "P3"}),
+        },
+        Figure {
+            id: "P3 redis p50".into(),
+            what: format!("Redis-mode stream latency p50 at that load (p99 {redis_p99:.3} ms)"),
+            value: redis_p50,
             unit: "ms",
             target: None,
             raw: json!({"see": "P3"}),

@@ -1,28 +1,106 @@
 //! P2: the latency a manifest PUT gains from the sidecar, warm tag cache: Envoy alone, Envoy with
-//! the sidecar and Envoy with the do-nothing ext_proc server, interleaved request by request.
+//! the sidecar, Envoy with the do-nothing ext_proc server, Envoy with the Redis-mode sidecar and
+//! Envoy with the shipped ext_authz file (memory-mode sidecar), interleaved request by request.
+//! Around the Redis-mode requests, the store's own command count and the sidecar's store calls.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::report::{BLUE, Cmp, Figure, GREEN, RED};
+use crate::report::{BLUE, Cmp, Figure, GREEN, ORANGE, PURPLE, RED};
 use crate::stats::{Dist, round};
 use crate::{Ctx, image_layout};
 use registry_gateway_testkit::Conn;
+
+const MODES: usize = 5;
+const ALONE: usize = 0;
+const SIDECAR: usize = 1;
+const NOOP: usize = 2;
+const REDIS: usize = 3;
+const AUTHZ: usize = 4;
+
+/// The Redis-mode sidecar's store calls (by `op`) and the server's commands (by name).
+struct StoreCounts {
+    calls: BTreeMap<String, f64>,
+    commands: BTreeMap<String, u64>,
+    decisions: f64,
+}
+
+fn store_counts(ctx: &Ctx) -> Result<StoreCounts, String> {
+    let mut calls = BTreeMap::new();
+    for (labels, value) in ctx
+        .gateway_redis
+        .samples("registry_gateway_state_store_calls_total")?
+    {
+        let op = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("op="))
+            .unwrap_or("?")
+            .trim_matches('"')
+            .to_owned();
+        let result = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("result="))
+            .unwrap_or("?")
+            .trim_matches('"')
+            .to_owned();
+        *calls.entry(format!("{op}/{result}")).or_insert(0.0) += value;
+    }
+    Ok(StoreCounts {
+        calls,
+        commands: ctx.redis.command_calls()?,
+        decisions: ctx
+            .gateway_redis
+            .metric("registry_gateway_decisions_total")?,
+    })
+}
+
+fn delta_f(after: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v != 0.0)
+        .collect()
+}
+
+fn delta_u(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.saturating_sub(before.get(k).copied().unwrap_or(0)),
+            )
+        })
+        .filter(|(_, v)| *v != 0)
+        .collect()
+}
+
+fn ops(calls: &BTreeMap<String, f64>, op: &str) -> f64 {
+    calls
+        .iter()
+        .filter(|(k, _)| k.split('/').next() == Some(op))
+        .map(|(_, v)| v)
+        .sum()
+}
 
 pub(crate) fn p2(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
     let repo = "bench/p2";
     let image = image_layout(ctx, 3, 4096, 2);
     Conn::new(ctx.registry.addr).upload_layout_blobs(repo, &image)?;
-    let modes: [(&str, SocketAddr); 3] = [
+    let modes: [(&str, SocketAddr); MODES] = [
         ("envoy", ctx.envoy_alone.addr),
         ("envoy+sidecar", ctx.envoy_sidecar.addr),
         ("envoy+noop-ext_proc", ctx.envoy_noop.addr),
+        ("envoy+sidecar-redis", ctx.envoy_redis.addr),
+        ("envoy+ext_authz", ctx.envoy_authz.addr),
     ];
     const TAGS: usize = 16;
     let mut conns: Vec<Conn> = modes.iter().map(|(_, a)| Conn::new(*a)).collect();
-    // Warm-up: every tag exists and the sidecar's tag book for the repository is filled.
+    // Warm-up: every tag exists and each sidecar's tag book for the repository is filled (the
+    // Redis-mode one in the store).
     for (m, conn) in conns.iter_mut().enumerate() {
         for i in 0..TAGS + 100 {
             let status = conn.put_layout_manifest(repo, &format!("t{}", i % TAGS), &image)?;
@@ -32,24 +110,36 @@ pub(crate) fn p2(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
         }
     }
     const STREAMS: &str = "http.registry.ext_proc.streams_started";
-    let streams0 = [&ctx.envoy_alone, &ctx.envoy_sidecar, &ctx.envoy_noop].map(|e| e.stat(STREAMS));
+    const AUTHZ_OK: &str = "http.registry.ext_authz.ok";
+    let ext_proc_envoys = [
+        &ctx.envoy_alone,
+        &ctx.envoy_sidecar,
+        &ctx.envoy_noop,
+        &ctx.envoy_redis,
+    ];
+    let streams0 = ext_proc_envoys.map(|e| e.stat(STREAMS));
+    let authz0 = ctx.envoy_authz.stat(AUTHZ_OK);
     let sum0 = ctx
         .gateway
         .metric("registry_gateway_decision_duration_seconds_sum")?;
     let count0 = ctx
         .gateway
         .metric("registry_gateway_decision_duration_seconds_count")?;
+    let redis_sum0 = ctx
+        .gateway_redis
+        .metric("registry_gateway_decision_duration_seconds_sum")?;
     let fetch0 = ctx
         .gateway
         .metric("registry_gateway_registry_tag_list_requests_total")?;
+    let store0 = store_counts(ctx)?;
     let n = ctx.profile.p2_puts_per_mode;
-    let mut samples: [Vec<u64>; 3] = Default::default();
+    let mut samples: [Vec<u64>; MODES] = Default::default();
     let mut errors = 0usize;
     let mut first_error = None;
     for i in 0..n {
         let tag = format!("t{}", i % TAGS);
-        for k in 0..3 {
-            let m = (i + k) % 3;
+        for k in 0..MODES {
+            let m = (i + k) % MODES;
             let t = Instant::now();
             let status = conns[m].put_layout_manifest(repo, &tag, &image)?;
             let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -70,18 +160,71 @@ pub(crate) fn p2(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
     let fetch1 = ctx
         .gateway
         .metric("registry_gateway_registry_tag_list_requests_total")?;
-    let streams1 = [&ctx.envoy_alone, &ctx.envoy_sidecar, &ctx.envoy_noop].map(|e| e.stat(STREAMS));
-    let streams: Vec<Option<u64>> = (0..3)
+    // Settlements go to the store without waiting for it: let the last ones land.
+    let mut store1 = store_counts(ctx)?;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while ops(&delta_f(&store1.calls, &store0.calls), "settle")
+        < ops(&delta_f(&store1.calls, &store0.calls), "decide")
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+        store1 = store_counts(ctx)?;
+    }
+    let redis_sum1 = ctx
+        .gateway_redis
+        .metric("registry_gateway_decision_duration_seconds_sum")?;
+    let streams1 = ext_proc_envoys.map(|e| e.stat(STREAMS));
+    let authz1 = ctx.envoy_authz.stat(AUTHZ_OK);
+    let streams: Vec<Option<u64>> = (0..ext_proc_envoys.len())
         .map(|m| Some(streams1[m]?.saturating_sub(streams0[m].unwrap_or(0))))
         .collect();
     // Envoy alone must not have asked any processor; the others once per PUT.
-    if streams[0].unwrap_or(0) != 0 {
+    if streams[ALONE].unwrap_or(0) != 0 {
         return Err(format!(
             "P2: Envoy alone opened ext_proc streams: {streams:?}"
         ));
     }
-    let [alone, sidecar, noop] = samples.map(Dist::new);
-    let added = |p: f64| sidecar.q(p) - alone.q(p);
+    let authz_checks = authz1
+        .zip(authz0)
+        .map(|(after, before)| after.saturating_sub(before));
+
+    // Redis commands per decision, counted by the server itself. The second INFO counted the
+    // first one: one `info` of the delta is ours.
+    let calls = delta_f(&store1.calls, &store0.calls);
+    let mut commands = delta_u(&store1.commands, &store0.commands);
+    if let Some(info) = commands.get_mut("info") {
+        *info = info.saturating_sub(1);
+    }
+    commands.retain(|_, v| *v != 0);
+    let redis_decisions = store1.decisions - store0.decisions;
+    // INFO commandstats also counts the commands a script runs inside the server; the round
+    // trips are the script calls (EVALSHA, or EVAL when the script cache was cold). The
+    // sidecar's once-a-second dataset identity check (SET rg:epoch NX GET, INFO server) is not
+    // per decision and is reported apart.
+    let server_commands: u64 = commands.values().sum();
+    let server_scripts: u64 = ["evalsha", "eval"]
+        .iter()
+        .filter_map(|c| commands.get(*c))
+        .sum();
+    let per = |x: f64| {
+        if redis_decisions > 0.0 {
+            x / redis_decisions
+        } else {
+            f64::NAN
+        }
+    };
+    let decide_calls = ops(&calls, "decide");
+    let settle_calls = ops(&calls, "settle");
+    let sidecar_calls: f64 = calls.values().sum();
+
+    let dists: Vec<Dist> = samples.into_iter().map(Dist::new).collect();
+    let (alone, sidecar, noop, redis, authz) = (
+        &dists[ALONE],
+        &dists[SIDECAR],
+        &dists[NOOP],
+        &dists[REDIS],
+        &dists[AUTHZ],
+    );
     let quantiles = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999)];
     let diff = |a: &Dist, b: &Dist| -> Value {
         quantiles
@@ -91,21 +234,28 @@ pub(crate) fn p2(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
             .into()
     };
     let decisions = count1 - count0;
+    let method = "PUT /v2/bench/p2/manifests/t<i%16> (existing tags, 3 x 4 KiB layers) on one keep-alive HTTP/1.1 connection per mode, modes rotated request by request; latency = request written to response read";
     let raw = json!({
         "puts_per_mode": n,
-        "method": "PUT /v2/bench/p2/manifests/t<i%16> (existing tags, 3 x 4 KiB layers) on one keep-alive HTTP/1.1 connection per mode, modes rotated request by request; latency = request written to response read",
+        "method": method,
         "errors": errors,
         "first_error": first_error,
         "reconnects": conns.iter().map(|c| c.reconnects).sum::<u64>(),
         "envoy": alone.json(),
         "envoy+sidecar": sidecar.json(),
         "envoy+noop-ext_proc": noop.json(),
-        "added_ms_sidecar_minus_envoy": diff(&sidecar, &alone),
-        "added_ms_noop_ext_proc_minus_envoy": diff(&noop, &alone),
-        "added_ms_sidecar_minus_noop_ext_proc": diff(&sidecar, &noop),
-        "envoy_ext_proc_streams_started": {"envoy": streams[0], "envoy+sidecar": streams[1], "envoy+noop-ext_proc": streams[2]},
+        "envoy+sidecar-redis": redis.json(),
+        "envoy+ext_authz": authz.json(),
+        "added_ms_sidecar_minus_envoy": diff(sidecar, alone),
+        "added_ms_noop_ext_proc_minus_envoy": diff(noop, alone),
+        "added_ms_sidecar_minus_noop_ext_proc": diff(sidecar, noop),
+        "added_ms_redis_minus_memory_sidecar": diff(redis, sidecar),
+        "added_ms_ext_authz_minus_envoy": diff(authz, alone),
+        "envoy_ext_proc_streams_started": {"envoy": streams[ALONE], "envoy+sidecar": streams[SIDECAR], "envoy+noop-ext_proc": streams[NOOP], "envoy+sidecar-redis": streams[REDIS]},
+        "envoy_ext_authz_ok_checks": authz_checks,
         "sidecar_decisions": decisions,
         "sidecar_mean_decision_ms": if decisions > 0.0 { round((sum1 - sum0) / decisions * 1e3) } else { f64::NAN },
+        "sidecar_redis_mean_decision_ms": round(per(redis_sum1 - redis_sum0) * 1e3),
         "sidecar_tag_list_fetches_during": fetch1 - fetch0,
     });
     ctx.plots.p2 = vec![
@@ -116,14 +266,57 @@ pub(crate) fn p2(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
             GREEN,
             noop.clone(),
         ),
+        ("envoy + sidecar (redis)".to_owned(), ORANGE, redis.clone()),
+        (
+            "envoy (ext_authz) + sidecar".to_owned(),
+            PURPLE,
+            authz.clone(),
+        ),
     ];
+
+    let scripts_per_decision = per(server_scripts as f64);
+    let redis_mode = json!({
+        "what": "the Redis-mode sidecar (--state redis://) behind the shipped envoy/envoy.yaml, in the same P2 rotation as memory mode; and the store's commands per decision during those PUTs (warm cache: every tag exists, the book is in the store)",
+        "p2_added_ms_redis_minus_memory": {
+            "p50": round(redis.q(0.5) - sidecar.q(0.5)),
+            "p99": round(redis.q(0.99) - sidecar.q(0.99)),
+            "p99.9": round(redis.q(0.999) - sidecar.q(0.999)),
+        },
+        "p2_added_ms_redis_minus_envoy": diff(redis, alone),
+        "decisions_measured": redis_decisions,
+        "puts_sent": n,
+        "redis_round_trips_per_decision": round(scripts_per_decision),
+        "redis_script_calls_total": server_scripts,
+        "redis_commands_per_decision_all": round(per(server_commands as f64)),
+        "redis_commands_by_name": commands,
+        "redis_commands_total": server_commands,
+        "redis_commands_note": "INFO commandstats counts every command the server ran, those run inside scripts (HMGET, SISMEMBER, ZRANGE...) included; the client round trips are the EVALSHA/EVAL calls. set/info: the sidecar's dataset identity check, once a second, not per decision",
+        "store_calls_by_op_result": calls,
+        "store_calls_per_decision": round(per(sidecar_calls)),
+        "store_decide_calls_per_decision": round(per(decide_calls)),
+        "store_settle_calls_per_decision": round(per(settle_calls)),
+        "server_script_calls_equal_store_calls": (server_scripts as f64 - sidecar_calls).abs() < 0.5,
+        "note": "decide runs on the decision's path (one EVALSHA before Envoy lets the PUT through); settle runs after the registry's 201, without the PUT waiting for it",
+    });
+    ctx.extra.insert("redis_mode".to_owned(), redis_mode);
+    ctx.extra.insert(
+        "ext_authz".to_owned(),
+        json!({
+            "what": "envoy/ext-authz.yaml (ext_authz, body packed as bytes) with the memory-mode sidecar, in the same P2 rotation",
+            "p2_added_ms_ext_authz_minus_envoy": diff(authz, alone),
+            "p2_added_ms_ext_proc_minus_envoy": diff(sidecar, alone),
+            "p2_ms_ext_authz_minus_ext_proc": diff(authz, sidecar),
+            "ok_checks": authz_checks,
+        }),
+    );
+
     let what =
         |q: &str| format!("manifest PUT: added latency {q}, envoy+sidecar - envoy ({n}/mode)");
     let mut figures = vec![
         Figure {
             id: "P2 p50".into(),
             what: what("p50"),
-            value: added(0.5),
+            value: sidecar.q(0.5) - alone.q(0.5),
             unit: "ms",
             target: Some((Cmp::AtMost, 0.5)),
             raw,
@@ -131,7 +324,7 @@ pub(crate) fn p2(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
         Figure {
             id: "P2 p99".into(),
             what: what("p99"),
-            value: added(0.99),
+            value: sidecar.q(0.99) - alone.q(0.99),
             unit: "ms",
             target: Some((Cmp::AtMost, 2.0)),
             raw: json!({"see": "P2 p50"}),
@@ -139,10 +332,63 @@ pub(crate) fn p2(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
         Figure {
             id: "P2 p99.9".into(),
             what: what("p99.9"),
-            value: added(0.999),
+            value: sidecar.q(0.999) - alone.q(0.999),
             unit: "ms",
             target: None,
             raw: json!({"see": "P2 p50"}),
+        },
+        Figure {
+            id: "P2 redis p50".into(),
+            what: "Redis mode over memory mode, added p50: envoy+sidecar(redis) - envoy+sidecar"
+                .into(),
+            value: redis.q(0.5) - sidecar.q(0.5),
+            unit: "ms",
+            target: Some((Cmp::AtMost, 0.3)),
+            raw: json!({"see": "redis_mode", "also": "P2 p50"}),
+        },
+        Figure {
+            id: "P2 redis p99".into(),
+            what: "Redis mode over memory mode, added p99".into(),
+            value: redis.q(0.99) - sidecar.q(0.99),
+            unit: "ms",
+            target: None,
+            raw: json!({"see": "redis_mode"}),
+        },
+        Figure {
+            id: "redis cmds".into(),
+            what: format!(
+                "Redis round trips (EVALSHA, server-counted) per push, warm cache: {decide_calls:.0} decide + {settle_calls:.0} settle / {redis_decisions:.0}"
+            ),
+            value: scripts_per_decision,
+            unit: "count",
+            target: None,
+            raw: json!({"see": "redis_mode"}),
+        },
+        Figure {
+            id: "redis rtt".into(),
+            what:
+                "of which on the decision's path, before Envoy lets the PUT through (op=\"decide\")"
+                    .into(),
+            value: per(decide_calls),
+            unit: "count",
+            target: Some((Cmp::AtMost, 1.0)),
+            raw: json!({"see": "redis_mode"}),
+        },
+        Figure {
+            id: "P2 authz p50".into(),
+            what: "ext_authz mode: added latency p50, envoy(ext-authz.yaml)+sidecar - envoy".into(),
+            value: authz.q(0.5) - alone.q(0.5),
+            unit: "ms",
+            target: None,
+            raw: json!({"see": "ext_authz"}),
+        },
+        Figure {
+            id: "P2 authz p99".into(),
+            what: "ext_authz mode: added latency p99".into(),
+            value: authz.q(0.99) - alone.q(0.99),
+            unit: "ms",
+            target: None,
+            raw: json!({"see": "ext_authz"}),
         },
     ];
     if errors > 0 {

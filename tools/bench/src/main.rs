@@ -2,13 +2,19 @@
 //! Run it through `scripts/bench`, which builds, sets up the binaries and cleans up after a kill;
 //! `docs/PERFORMANCE.md` explains the method and keeps the latest figures.
 //!
-//! One registry (CNCF distribution 2.8), one sidecar, one do-nothing ext_proc server, and three
-//! Envoys built from `envoy/envoy.yaml` with the test harness's structural substitutions:
-//! - **envoy+sidecar**: the shipped file, ext_proc cluster → the sidecar;
+//! One registry (CNCF distribution 2.8), one Redis (`redis-server`), two sidecars (memory mode,
+//! and Redis mode: `--state redis://…`), one do-nothing ext_proc server, and five Envoys built
+//! from the shipped files with the test harness's structural substitutions:
+//! - **envoy+sidecar**: `envoy/envoy.yaml`, ext_proc cluster → the memory-mode sidecar;
 //! - **envoy** ("Envoy alone"): the same file with the `manifest-write` route's ext_proc
 //!   FilterConfig removed ([`stack::ENVOY_ALONE_DIFF`]);
-//! - **envoy+noop**: the shipped file, ext_proc cluster → the do-nothing server (a diagnostic
-//!   for P2: what the ext_proc protocol itself costs).
+//! - **envoy+noop**: `envoy/envoy.yaml`, ext_proc cluster → the do-nothing server (a diagnostic
+//!   for P2: what the ext_proc protocol itself costs);
+//! - **envoy+redis**: `envoy/envoy.yaml`, ext_proc cluster → the Redis-mode sidecar;
+//! - **envoy+ext_authz**: `envoy/ext-authz.yaml`, ext_authz cluster → the memory-mode sidecar.
+//!
+//! The mode_override probe (P7) starts two more do-nothing servers and Envoys of its own, and
+//! stops them when it ends.
 //!
 //! Every comparative figure interleaves its modes request by request (or round by round), so
 //! noise from other work on this shared machine lands on all modes alike, and reports ratios or
@@ -18,6 +24,7 @@
 mod blob;
 mod decisions;
 mod latency;
+mod mode_override;
 mod pushes;
 mod report;
 mod stack;
@@ -30,11 +37,11 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use registry_gateway_testkit::{self as support, Layout};
+use registry_gateway_testkit::{self as support, Layout, Redis};
 use serde_json::{Value, json};
 
 use crate::report::{Cmp, Figure, Plots, fmt_value, plot, print_table, short_unit};
-use crate::stack::{Bins, Envoy, Gateway, NoopExtProc, Registry};
+use crate::stack::{Bins, Envoy, Gateway, NoopExtProc, Registry, Tweak};
 use crate::stats::round;
 
 #[derive(Parser)]
@@ -77,6 +84,9 @@ struct Args {
     /// The Envoy configuration to measure.
     #[arg(long, default_value = "envoy/envoy.yaml")]
     envoy_config: PathBuf,
+    /// The ext_authz Envoy configuration to measure beside it.
+    #[arg(long, default_value = "envoy/ext-authz.yaml")]
+    ext_authz_config: PathBuf,
 }
 
 /// Sizes and counts.
@@ -93,6 +103,7 @@ struct Profile {
     p4_pushes_per_mode: usize,
     p5_tags: usize,
     p5_pushes: usize,
+    p7_puts_per_mode: usize,
     watchdog_seconds: u64,
 }
 
@@ -112,7 +123,8 @@ impl Profile {
             p4_pushes_per_mode: 100,
             p5_tags: 10_000,
             p5_pushes: 1000,
-            watchdog_seconds: 600,
+            p7_puts_per_mode: 2000,
+            watchdog_seconds: 720,
         }
     }
 
@@ -129,7 +141,8 @@ impl Profile {
             p4_pushes_per_mode: 20,
             p5_tags: 10_000,
             p5_pushes: 200,
-            watchdog_seconds: 150,
+            p7_puts_per_mode: 400,
+            watchdog_seconds: 200,
         }
     }
 }
@@ -156,17 +169,30 @@ struct Ctx {
     profile: Profile,
     run_dir: PathBuf,
     bins: Bins,
+    /// The shipped ext_proc Envoy file (`--envoy-config`).
+    envoy_template: PathBuf,
     registry: Registry,
+    /// The memory-mode sidecar.
     gateway: Gateway,
     noop: NoopExtProc,
+    /// The Redis-mode sidecar's store.
+    redis: Redis,
+    /// The Redis-mode sidecar (`--state redis://…`).
+    gateway_redis: Gateway,
     /// Envoy with the sidecar (the shipped config).
     envoy_sidecar: Envoy,
     /// Envoy alone (manifest route's ext_proc FilterConfig removed).
     envoy_alone: Envoy,
     /// Envoy with the do-nothing ext_proc server.
     envoy_noop: Envoy,
+    /// Envoy (the shipped config) with the Redis-mode sidecar.
+    envoy_redis: Envoy,
+    /// Envoy with the shipped ext_authz config and the memory-mode sidecar.
+    envoy_authz: Envoy,
     /// Latency distributions for the plot.
     plots: Plots,
+    /// The Redis, ext_authz and mode_override figures by name, for summary.json.
+    extra: serde_json::Map<String, Value>,
 }
 
 fn run(args: &Args) -> Result<bool, String> {
@@ -264,33 +290,67 @@ fn run(args: &Args) -> Result<bool, String> {
     let policy_path = policy_dir.join("config.yaml");
     std::fs::write(&policy_path, bench_policy()).map_err(|e| e.to_string())?;
 
-    println!("starting: registry, sidecar, do-nothing ext_proc server, 3 Envoys ...");
+    println!(
+        "starting: registry, redis-server, 2 sidecars (memory, redis), do-nothing ext_proc server, 5 Envoys ..."
+    );
     let registry = Registry::start(&bins, &run_dir, &storage)?;
-    let noop = NoopExtProc::start(&bins, &run_dir, profile.watchdog_seconds + 60)?;
+    let noop = NoopExtProc::start(
+        &bins,
+        &run_dir,
+        "noop-extproc",
+        profile.watchdog_seconds + 60,
+        &[],
+    )?;
+    // No persistence: what is measured is the store's round trip, not its disk.
+    let redis = Redis::start_in(&run_dir.join("redis"), "redis-server")?;
     let gateway = Gateway::start(
         &bins,
         &run_dir,
+        "registry-gateway",
         &policy_path,
         registry.addr,
         &args.sidecar_log,
+        &[],
     )?;
-    let envoy = |name: &str, processor, ext_proc| {
-        let config = stack::envoy_config(&args.envoy_config, registry.addr, processor, ext_proc)?;
+    let gateway_redis = Gateway::start(
+        &bins,
+        &run_dir,
+        "registry-gateway-redis",
+        &policy_path,
+        registry.addr,
+        &args.sidecar_log,
+        &["--state".to_owned(), redis.url()],
+    )?;
+    let envoy = |name: &str, template: &Path, processor, tweak| {
+        let config = stack::envoy_config(template, registry.addr, processor, tweak)?;
         Envoy::start(&bins, &run_dir, name, &config)
     };
-    let envoy_sidecar = envoy("envoy-sidecar", gateway.grpc, true)?;
-    let envoy_alone = envoy("envoy-alone", gateway.grpc, false)?;
-    let envoy_noop = envoy("envoy-noop", noop.addr, true)?;
+    let shipped = args.envoy_config.as_path();
+    let envoy_sidecar = envoy("envoy-sidecar", shipped, gateway.grpc, Tweak::None)?;
+    let envoy_alone = envoy("envoy-alone", shipped, gateway.grpc, Tweak::Alone)?;
+    let envoy_noop = envoy("envoy-noop", shipped, noop.addr, Tweak::None)?;
+    let envoy_redis = envoy("envoy-redis", shipped, gateway_redis.grpc, Tweak::None)?;
+    let envoy_authz = envoy(
+        "envoy-ext-authz",
+        &args.ext_authz_config,
+        gateway.grpc,
+        Tweak::None,
+    )?;
     let idle_rss_kib = support::status_kib(gateway.proc.pid(), "VmRSS");
     println!(
-        "  registry {}  sidecar grpc {} admin {}  noop {}  envoy+sidecar {}  envoy {}  envoy+noop {}  (started in {:.1} s)",
+        "  registry {}  redis {}  sidecar grpc {} admin {}  sidecar-redis grpc {} admin {}  noop {}  envoy+sidecar {}  envoy {}  envoy+noop {}  envoy+redis {}  envoy+ext_authz {}  (started in {:.1} s)",
         registry.addr,
+        redis.port(),
         gateway.grpc,
         gateway.admin,
+        gateway_redis.grpc,
+        gateway_redis.admin,
         noop.addr,
         envoy_sidecar.addr,
         envoy_alone.addr,
         envoy_noop.addr,
+        envoy_redis.addr,
+        envoy_authz.addr,
         began.elapsed().as_secs_f64()
     );
 
@@ -298,13 +358,19 @@ fn run(args: &Args) -> Result<bool, String> {
         profile: profile.clone(),
         run_dir: run_dir.clone(),
         bins,
+        envoy_template: args.envoy_config.clone(),
         registry,
         gateway,
         noop,
+        redis,
+        gateway_redis,
         envoy_sidecar,
         envoy_alone,
         envoy_noop,
+        envoy_redis,
+        envoy_authz,
         plots: Plots::default(),
+        extra: serde_json::Map::new(),
     };
 
     let mut figures: Vec<Figure> = Vec::new();
@@ -312,12 +378,13 @@ fn run(args: &Args) -> Result<bool, String> {
     let mut rss_p3 = None;
     let mut rss_p5 = None;
     type Phase = fn(&mut Ctx) -> Result<Vec<Figure>, String>;
-    let phases: [(&str, Phase); 5] = [
+    let phases: [(&str, Phase); 6] = [
         ("P1", blob::p1),
         ("P2", latency::p2),
         ("P3", decisions::p3),
         ("P4", pushes::p4),
         ("P5", tags::p5),
+        ("P7", mode_override::p7),
     ];
     for (id, phase) in phases {
         let needed_for_p6 = (id == "P3" || id == "P5") && wants("P6");
@@ -339,17 +406,23 @@ fn run(args: &Args) -> Result<bool, String> {
         for proc in [
             &mut ctx.registry.proc,
             &mut ctx.gateway.proc,
+            &mut ctx.gateway_redis.proc,
             &mut ctx.noop.proc,
             &mut ctx.envoy_sidecar.proc,
             &mut ctx.envoy_alone.proc,
             &mut ctx.envoy_noop.proc,
+            &mut ctx.envoy_redis.proc,
+            &mut ctx.envoy_authz.proc,
         ] {
             proc.check_running(id)?;
+        }
+        if ctx.redis.pid().is_none() || ctx.redis.cli(&["PING"]).as_deref() != Some("PONG") {
+            return Err(format!("redis-server stopped answering during {id}"));
         }
         if wants(id) {
             for f in &got {
                 println!(
-                    "  {:<10} {:>12} {:<6} {}",
+                    "  {:<14} {:>12} {:<6} {}",
                     f.id,
                     fmt_value(f.value, f.unit),
                     short_unit(f.unit),
@@ -388,13 +461,25 @@ fn run(args: &Args) -> Result<bool, String> {
         registry,
         gateway,
         noop,
+        redis,
+        gateway_redis,
         envoy_sidecar,
         envoy_alone,
         envoy_noop,
+        envoy_redis,
+        envoy_authz,
+        extra,
         ..
     } = ctx;
     let logs_dir = run_dir.clone();
-    drop((envoy_sidecar, envoy_alone, envoy_noop, gateway, noop));
+    drop((
+        envoy_sidecar,
+        envoy_alone,
+        envoy_noop,
+        envoy_redis,
+        envoy_authz,
+    ));
+    drop((gateway, gateway_redis, noop, redis));
     let storage_dir = registry.storage.clone();
     drop(registry);
     let _ = std::fs::remove_dir_all(&storage_dir);
@@ -414,6 +499,9 @@ fn run(args: &Args) -> Result<bool, String> {
             "envoy_config": args.envoy_config.display().to_string(),
             "envoy_flags": "--disable-hot-restart --concurrency 1 --log-level warn",
             "envoy_alone_differs_by": stack::ENVOY_ALONE_DIFF,
+            "ext_authz_envoy_config": args.ext_authz_config.display().to_string(),
+            "redis": "redis-server (Debian) on 127.0.0.1:<ephemeral> --save '' --appendonly no; the Redis-mode sidecar adds --state redis://127.0.0.1:<port>",
+            "mode_override_probe_envoys_differ_by": stack::MODE_OVERRIDE_DIFF,
             "sidecar_flags": format!("--registry-insecure --log {} (defaults otherwise: tag cache TTL 5m)", args.sidecar_log),
             "policy": "100 rules ^team-<i>/.* then ^bench/.* (max_image_size 1GB, tag_count_limit 100000): every bench repository takes the last rule",
             "registry": "distribution 2.8 (docker-registry), filesystem storage, log level info, access log on",
@@ -421,6 +509,9 @@ fn run(args: &Args) -> Result<bool, String> {
         },
         "all_pass": all_pass,
         "figures": figures.iter().map(Figure::json).collect::<Vec<_>>(),
+        "redis_mode": extra.get("redis_mode").cloned().unwrap_or(Value::Null),
+        "ext_authz": extra.get("ext_authz").cloned().unwrap_or(Value::Null),
+        "mode_override": extra.get("mode_override").cloned().unwrap_or(Value::Null),
     });
     let summary_path = args.out_dir.join("summary.json");
     std::fs::write(

@@ -40,6 +40,7 @@ impl Figure {
             None => "(info)".to_owned(),
         }
         .replace(" ratio", "")
+        .replace(" count", "")
     }
 
     pub(crate) fn json(&self) -> Value {
@@ -69,11 +70,16 @@ pub(crate) struct Plots {
 pub(crate) const RED: &str = "#d62728";
 pub(crate) const BLUE: &str = "#1f77b4";
 pub(crate) const GREEN: &str = "#2ca02c";
+/// Redis mode.
+pub(crate) const ORANGE: &str = "#ff7f0e";
+/// ext_authz mode.
+pub(crate) const PURPLE: &str = "#9467bd";
 
 pub(crate) fn fmt_value(v: f64, unit: &str) -> String {
     match unit {
         "ratio" => format!("{v:.3}"),
         "ms" => format!("{v:.3}"),
+        "count" => format!("{v:.3}"),
         "MiB" => format!("{v:.1}"),
         "us" => format!("{v:.0}"),
         _ => format!("{v}"),
@@ -81,7 +87,11 @@ pub(crate) fn fmt_value(v: f64, unit: &str) -> String {
 }
 
 pub(crate) fn short_unit(unit: &str) -> &str {
-    if unit == "ratio" { "" } else { unit }
+    if unit == "ratio" || unit == "count" {
+        ""
+    } else {
+        unit
+    }
 }
 
 pub(crate) fn print_table(figures: &[Figure], profile: &Profile, summary: &Value) {
@@ -101,12 +111,12 @@ pub(crate) fn print_table(figures: &[Figure], profile: &Profile, summary: &Value
         summary["machine"]["loadavg_start"].as_str().unwrap_or("?"),
         summary["machine"]["loadavg_end"].as_str().unwrap_or("?")
     );
-    println!("{:-<118}", "");
+    println!("{:-<122}", "");
     println!(
-        "{:<10} {:<66} {:>14} {:>16} {:>7}",
+        "{:<14} {:<66} {:>14} {:>16} {:>7}",
         "figure", "measures", "value", "target", "result"
     );
-    println!("{:-<118}", "");
+    println!("{:-<122}", "");
     for f in figures {
         let result = match f.pass() {
             Some(true) => "pass",
@@ -114,7 +124,7 @@ pub(crate) fn print_table(figures: &[Figure], profile: &Profile, summary: &Value
             None => "",
         };
         println!(
-            "{:<10} {:<66} {:>14} {:>16} {:>7}",
+            "{:<14} {:<66} {:>14} {:>16} {:>7}",
             f.id,
             f.what,
             format!("{} {}", fmt_value(f.value, f.unit), short_unit(f.unit)).trim_end(),
@@ -122,7 +132,7 @@ pub(crate) fn print_table(figures: &[Figure], profile: &Profile, summary: &Value
             result
         );
     }
-    println!("{:-<118}", "");
+    println!("{:-<122}", "");
 }
 
 pub(crate) fn plot(ctx: &Ctx, load_at_start: &str) -> String {

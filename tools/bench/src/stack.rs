@@ -2,6 +2,7 @@
 //! on 127.0.0.1 with kernel-picked or freshly probed ports, started the way the test kit
 //! (`registry-gateway-testkit`) starts them.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -124,12 +125,15 @@ pub(crate) struct Gateway {
 }
 
 impl Gateway {
+    /// `name` names its log files; `extra` are further `serve` flags (e.g. `--state redis://…`).
     pub(crate) fn start(
         bins: &Bins,
         run_dir: &Path,
+        name: &str,
         config: &Path,
         registry: SocketAddr,
         log: &str,
+        extra: &[String],
     ) -> Result<Gateway, String> {
         let mut last = String::new();
         for _attempt in 0..3 {
@@ -146,13 +150,14 @@ impl Gateway {
                 .arg("--registry-url")
                 .arg(format!("http://{registry}"))
                 .arg("--registry-insecure")
-                .args(["--log", log]);
+                .args(["--log", log])
+                .args(extra);
             for (name, _) in std::env::vars_os() {
                 if name.to_string_lossy().starts_with("REGISTRY_GATEWAY_") {
                     cmd.env_remove(name);
                 }
             }
-            let mut proc = ManagedChild::try_spawn("registry-gateway", cmd, run_dir)?;
+            let mut proc = ManagedChild::try_spawn(name, cmd, run_dir)?;
             let mut conn = Conn::new(admin);
             let ready = poll(
                 "the sidecar's /readyz",
@@ -191,6 +196,27 @@ impl Gateway {
             })
             .sum())
     }
+
+    /// Every sample of a metric family member by its label set as exposed (`op="decide",
+    /// result="ok"`; empty without labels).
+    pub(crate) fn samples(&self, name: &str) -> Result<BTreeMap<String, f64>, String> {
+        let reply = Conn::new(self.admin)
+            .get("/metrics")
+            .map_err(|e| format!("GET /metrics: {e}"))?;
+        let text = reply.text();
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (key, value) = l.rsplit_once(' ')?;
+                let (metric, labels) = match key.split_once('{') {
+                    Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                    None => (key, ""),
+                };
+                (metric == name).then(|| Some((labels.to_owned(), value.parse::<f64>().ok()?)))?
+            })
+            .collect())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -202,15 +228,19 @@ pub(crate) struct NoopExtProc {
 }
 
 impl NoopExtProc {
+    /// `name` names its log files; `extra` are further `noop` flags (`--mode-override …`).
     pub(crate) fn start(
         bins: &Bins,
         run_dir: &Path,
+        name: &str,
         max_seconds: u64,
+        extra: &[&str],
     ) -> Result<NoopExtProc, String> {
         let mut cmd = Command::new(&bins.load);
         cmd.args(["noop", "--listen", "127.0.0.1:0", "--max-seconds"])
-            .arg(max_seconds.to_string());
-        let mut proc = ManagedChild::try_spawn("noop-extproc", cmd, run_dir)?;
+            .arg(max_seconds.to_string())
+            .args(extra);
+        let mut proc = ManagedChild::try_spawn(name, cmd, run_dir)?;
         let addr = poll(
             "the do-nothing ext_proc server's address",
             Duration::from_secs(10),
@@ -238,23 +268,67 @@ pub(crate) fn envoy_config(
     template: &Path,
     registry: SocketAddr,
     processor: SocketAddr,
-    ext_proc: bool,
+    tweak: Tweak,
 ) -> Result<Value, String> {
     let options = EnvoyOptions {
         registry_addr: registry,
         gateway_addr: processor,
     };
     let mut config = render_envoy_config(template, &options).map_err(|e| e.to_string())?;
-    if !ext_proc {
-        let removed = disable_route_ext_proc(&mut config, "manifest-write");
-        if removed != 1 {
-            return Err(format!(
-                "{}: expected one route `manifest-write` enabling ext_proc, found {removed}",
-                template.display()
-            ));
+    match tweak {
+        Tweak::None => {}
+        Tweak::Alone => {
+            let removed = disable_route_ext_proc(&mut config, "manifest-write");
+            if removed != 1 {
+                return Err(format!(
+                    "{}: expected one route `manifest-write` enabling ext_proc, found {removed}",
+                    template.display()
+                ));
+            }
+        }
+        Tweak::AllowModeOverride => {
+            let set = allow_mode_override(&mut config);
+            if set != 1 {
+                return Err(format!(
+                    "{}: expected one envoy.filters.http.ext_proc filter, found {set}",
+                    template.display()
+                ));
+            }
         }
     }
     Ok(config)
+}
+
+/// What the benchmark changes in a shipped Envoy file beyond addresses and ports.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Tweak {
+    /// Nothing: the file as shipped.
+    None,
+    /// "Envoy alone" ([`ENVOY_ALONE_DIFF`]).
+    Alone,
+    /// The mode_override probe ([`MODE_OVERRIDE_DIFF`]).
+    AllowModeOverride,
+}
+
+/// What the mode_override probe's Envoys change in `envoy/envoy.yaml`.
+pub(crate) const MODE_OVERRIDE_DIFF: &str = "`allow_mode_override: true` added to the envoy.filters.http.ext_proc filter's typed_config (the shipped file leaves it false, so Envoy ignores every mode_override); everything else identical";
+
+/// Sets `allow_mode_override: true` on every ext_proc filter config; returns how many.
+fn allow_mode_override(config: &mut Value) -> usize {
+    match config {
+        Value::Object(map) => {
+            let here = map.get("name").and_then(Value::as_str)
+                == Some("envoy.filters.http.ext_proc")
+                && map.contains_key("typed_config");
+            if here {
+                map["typed_config"]["allow_mode_override"] = Value::Bool(true);
+                return 1;
+            }
+            map.values_mut().map(allow_mode_override).sum()
+        }
+        Value::Array(items) => items.iter_mut().map(allow_mode_override).sum(),
+        _ => 0,
+    }
 }
 
 /// Envoy 1.40: `--disable-hot-restart --concurrency 1`, the given config as JSON.

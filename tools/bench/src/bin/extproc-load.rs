@@ -5,7 +5,9 @@
 //!   phase, built exactly like the sidecar's adapter (one spawned task per stream, an mpsc
 //!   channel of 4 replies, the same message size limits, tokio's default multi-thread runtime), so
 //!   the difference between the two is the decision work. Prints `listening on <addr>` and serves
-//!   until killed or until `--max-seconds` have passed.
+//!   until killed or until `--max-seconds` have passed. `--mode-override request-headers` (or
+//!   `request-body`) attaches a `mode_override` skipping the response-headers phase to that reply,
+//!   for the mode_override probe (P7).
 //! - `extproc-load load --target <addr> ...` drives ext_proc streams the way Envoy does for a
 //!   manifest `PUT` on the route `envoy/envoy.yaml` enables: request headers, the whole manifest
 //!   (BUFFERED, `end_of_stream`), the registry's `201` response headers, each answered before the
@@ -26,6 +28,10 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::ProcessingMode;
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::{
+    BodySendMode, HeaderSendMode,
+};
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
@@ -73,9 +79,22 @@ enum Cmd {
         /// `TcpListenerStream` (tonic then sets no socket options), for comparison.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
         nodelay: bool,
+        /// Attach `mode_override` (the configured mode with `response_header_mode: SKIP`) to the
+        /// reply of this phase, for the mode_override probe of `scripts/bench`: does Envoy then
+        /// skip the response-headers message?
+        #[arg(long, value_enum, default_value_t = OverrideOn::Never)]
+        mode_override: OverrideOn,
     },
     /// Drive ext_proc streams against a server and report decisions per second and latency.
     Load(LoadArgs),
+}
+
+/// Which reply of the do-nothing server carries `mode_override`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum OverrideOn {
+    Never,
+    RequestHeaders,
+    RequestBody,
 }
 
 #[derive(Parser, Clone)]
@@ -119,7 +138,8 @@ fn main() -> ExitCode {
             listen,
             max_seconds,
             nodelay,
-        } => run_noop(listen, max_seconds, nodelay),
+            mode_override,
+        } => run_noop(listen, max_seconds, nodelay, mode_override),
         Cmd::Load(args) => run_load(args),
     };
     match result {
@@ -144,7 +164,12 @@ fn require_loopback(addr: SocketAddr) -> Result<(), String> {
 // ---------------------------------------------------------------------------------------------
 // The do-nothing processor.
 
-fn run_noop(listen: SocketAddr, max_seconds: u64, nodelay: bool) -> Result<(), String> {
+fn run_noop(
+    listen: SocketAddr,
+    max_seconds: u64,
+    nodelay: bool,
+    mode_override: OverrideOn,
+) -> Result<(), String> {
     require_loopback(listen)?;
     // tokio's default multi-thread runtime, as `registry-gateway serve` builds it.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -157,7 +182,7 @@ fn run_noop(listen: SocketAddr, max_seconds: u64, nodelay: bool) -> Result<(), S
             .map_err(|e| format!("bind {listen}: {e}"))?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
         println!("listening on {addr}");
-        let service = ExternalProcessorServer::new(Noop)
+        let service = ExternalProcessorServer::new(Noop { mode_override })
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         tonic::transport::Server::builder()
@@ -171,7 +196,9 @@ fn run_noop(listen: SocketAddr, max_seconds: u64, nodelay: bool) -> Result<(), S
     })
 }
 
-struct Noop;
+struct Noop {
+    mode_override: OverrideOn,
+}
 
 #[tonic::async_trait]
 impl ExternalProcessor for Noop {
@@ -183,18 +210,42 @@ impl ExternalProcessor for Noop {
     ) -> Result<Response<Self::ProcessStream>, Status> {
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(4);
+        let mode_override = self.mode_override;
         tokio::spawn(async move {
             // Ends when Envoy (or the generator) closes its side, cleanly or not.
             while let Ok(Some(message)) = inbound.message().await {
                 let Some(phase) = message.request else {
                     return;
                 };
-                if tx.send(Ok(continue_reply(phase))).await.is_err() {
+                let overridden = matches!(
+                    (mode_override, &phase),
+                    (OverrideOn::RequestHeaders, Phase::RequestHeaders(_))
+                        | (OverrideOn::RequestBody, Phase::RequestBody(_))
+                );
+                let mut reply = continue_reply(phase);
+                if overridden {
+                    reply.mode_override = Some(skip_response_headers());
+                }
+                if tx.send(Ok(reply)).await.is_err() {
                     return;
                 }
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// `envoy/envoy.yaml`'s processing mode with the response-headers phase skipped. A mode_override
+/// replaces the whole mode, so every field is spelled out: an omitted `request_body_mode` would
+/// be NONE and the manifest would go unseen.
+fn skip_response_headers() -> ProcessingMode {
+    ProcessingMode {
+        request_header_mode: HeaderSendMode::Send as i32,
+        response_header_mode: HeaderSendMode::Skip as i32,
+        request_body_mode: BodySendMode::Buffered as i32,
+        response_body_mode: BodySendMode::None as i32,
+        request_trailer_mode: HeaderSendMode::Skip as i32,
+        response_trailer_mode: HeaderSendMode::Skip as i32,
     }
 }
 
