@@ -263,7 +263,8 @@ def endpoint(cluster: dict) -> tuple[str, int] | None:
 
 
 def check_harness_shape(path: Path, config: dict) -> None:
-    """What tests/support/envoy.rs substitutes must be where it looks for it."""
+    """The spellings the in-pod copies' generator anchors on (render_pod_copy), and the shape the
+    kit's rewrite needs (render-envoy then fails on its own with what is missing)."""
     text = path.read_text(encoding="utf-8")
     name = rel(path)
     for literal in ["address: registry", "address: gateway", "port_value: 5000", "port_value: 50051", "port_value: 9901"]:
@@ -276,18 +277,21 @@ def check_harness_shape(path: Path, config: dict) -> None:
     check(endpoint(clusters.get("registry-gateway", {})) == ("gateway", 50051), f"{name}: cluster `registry-gateway` -> gateway:50051")
 
 
-def harness_substituted(config: dict) -> dict:
-    """What tests/support/envoy.rs runs: admin and listener on 127.0.0.1:0, clusters on loopback."""
-    c = copy.deepcopy(config)
-    c["admin"]["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": 0}
-    c["static_resources"]["listeners"][0]["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": 0}
-    for cl in c["static_resources"]["clusters"]:
-        port = {"registry": 5000, "registry-gateway": SIDECAR_GRPC_PORT}.get(cl["name"])
-        for locality in dig(cl, "load_assignment", "endpoints", default=[]):
-            for lb in locality.get("lb_endpoints", []):
-                if port is not None:
-                    lb["endpoint"]["address"]["socket_address"] = {"address": "127.0.0.1", "port_value": port}
-    return c
+def render_envoy(path: Path) -> dict | None:
+    """The config the end-to-end tests run: the kit's one rewrite of a shipped file (admin and
+    listener on 127.0.0.1:0, clusters on loopback), through its `render-envoy` binary
+    (RENDER_ENVOY_BIN, which scripts/check-deploy builds; else `cargo run`). None, with a failure
+    recorded, when the file cannot be rendered."""
+    binary = os.environ.get("RENDER_ENVOY_BIN", "")
+    cmd = [binary] if binary else ["cargo", "run", "-q", "-p", "registry-gateway-testkit", "--bin", "render-envoy", "--"]
+    out = run(cmd + ["--json", str(path)], f"render-envoy {rel(path)}", timeout=600)
+    if out is None:
+        return None
+    try:
+        return json.loads(out)
+    except json.JSONDecodeError as e:
+        fail(f"render-envoy {rel(path)}: not JSON: {e}")
+        return None
 
 
 def ext_proc_filter(config: dict) -> dict:
@@ -310,6 +314,7 @@ def check_common_knobs(name: str, config: dict) -> None:
           f"{name}: pass-through route neither buffers nor calls the sidecar")
     check(list(routes)[-1:] == ["pass-through"], f"{name}: pass-through is the last route (it matches everything)")
     check_route_regexes(name, mw, routes.get("harbor-api-write", {}))
+    check_hardening(name, config)
 
 
 # Requests that must reach the sidecar (True) or must not (False), as (method, path with query).
@@ -386,6 +391,89 @@ def check_route_regexes(name: str, manifest_route: dict, harbor_route: dict) -> 
     for route in (manifest_route, harbor_route):
         check(not route.get("direct_response"), f"{name}: {route.get('name')} never answers from Envoy (every "
               "client-visible message is the sidecar's)")
+
+
+# --- Envoy: hardening ------------------------------------------------------------------------------
+
+HEAP_MONITOR = "envoy.resource_monitors.fixed_heap"
+CX_MONITOR = "envoy.resource_monitors.global_downstream_max_connections"
+
+
+def heap_budget(config: dict) -> int | None:
+    monitors = {m.get("name"): m.get("typed_config", {}) for m in dig(config, "overload_manager", "resource_monitors", default=[])}
+    return dig(monitors, HEAP_MONITOR, "max_heap_size_bytes")
+
+
+def check_hardening(name: str, config: dict) -> None:
+    """Bursts, slow clients and memory (docs/RELIABILITY.md): circuit breakers sized on the
+    connection ceiling, deadlines scoped to the manifest routes, HTTP/2 limits per connection, an
+    overload manager on the heap."""
+    om = config.get("overload_manager", {})
+    monitors = {m.get("name"): m.get("typed_config", {}) for m in om.get("resource_monitors", [])}
+    max_cx = dig(monitors, CX_MONITOR, "max_active_downstream_connections")
+    check(isinstance(max_cx, int) and max_cx > 0, f"{name}: overload manager caps client connections ({max_cx})")
+    max_cx = max_cx if isinstance(max_cx, int) else 0
+    heap = heap_budget(config)
+    check(isinstance(heap, int) and heap >= 256 * MIB1, f"{name}: fixed_heap monitor with a heap budget of at least 256 MiB ({heap})")
+    actions = {a.get("name"): a for a in om.get("actions", [])}
+
+    def level(action: str, key: str = "value") -> float | None:
+        trigger = dig(actions, f"envoy.overload_actions.{action}", "triggers", 0, default={})
+        if trigger.get("name") != HEAP_MONITOR:
+            return None
+        return dig(trigger, "threshold", key) if "threshold" in trigger else dig(trigger, "scaled", "saturation_threshold")
+
+    shrink, keepalive, stop = level("shrink_heap"), level("disable_http_keepalive"), level("stop_accepting_requests")
+    check(None not in (shrink, keepalive, stop) and shrink <= keepalive < stop < 1,
+          f"{name}: on the heap, shrink_heap ({shrink}) <= disable_http_keepalive ({keepalive}) < "
+          f"stop_accepting_requests ({stop}) < 1")
+    reset = level("reset_high_memory_stream")
+    check(reset is not None and reset <= (stop or 0) and dig(om, "buffer_factory_config", "minimum_account_to_track_power_of_two"),
+          f"{name}: reset_high_memory_stream saturates ({reset}) before requests are refused, with buffer accounts tracked")
+
+    clusters = {c.get("name"): c for c in dig(config, "static_resources", "clusters", default=[])}
+    for cname, keys in (("registry", ("max_connections", "max_pending_requests", "max_requests")),
+                        ("registry-gateway", ("max_pending_requests", "max_requests"))):
+        t = next((t for t in dig(clusters, cname, "circuit_breakers", "thresholds", default=[])
+                  if t.get("priority", "DEFAULT") == "DEFAULT"), {})
+        check(all(isinstance(t.get(k), int) and t[k] >= max_cx for k in keys) and isinstance(t.get("max_retries"), int),
+              f"{name}: cluster {cname} circuit breakers {', '.join(keys)} >= the {max_cx} client connections, "
+              f"max_retries set ({ {k: t.get(k) for k in keys + ('max_retries',)} })")
+    gw = clusters.get("registry-gateway", {})
+    t = next(iter(dig(gw, "circuit_breakers", "thresholds", default=[{}])), {})
+    streams = dig(gw, "typed_extension_protocol_options", "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                  "explicit_http_config", "http2_protocol_options", "max_concurrent_streams")
+    check(isinstance(streams, int) and isinstance(t.get("max_connections"), int)
+          and streams * t["max_connections"] >= (t.get("max_requests") or 0),
+          f"{name}: the sidecar's HTTP/2 connections ({t.get('max_connections')} x {streams} streams) hold max_requests "
+          f"({t.get('max_requests')})")
+
+    listener = dig(config, "static_resources", "listeners", 0, default={})
+    check(listener.get("per_connection_buffer_limit_bytes", MIB1) <= MIB1,
+          f"{name}: per-connection buffer at most 1 MiB ({listener.get('per_connection_buffer_limit_bytes')})")
+    hcm = hcm_of(listener)
+    headers = duration_seconds(hcm.get("request_headers_timeout"))
+    check(headers is not None and 0 < headers <= 60, f"{name}: request_headers_timeout set, at most 60s ({headers})")
+    idle = duration_seconds(hcm.get("stream_idle_timeout"))
+    check(idle is not None and 0 < idle <= 600, f"{name}: stream_idle_timeout set ({idle})")
+    check(duration_seconds(hcm.get("request_timeout", "0s")) == 0
+          and not dig(hcm, "common_http_protocol_options", "max_stream_duration"),
+          f"{name}: no request_timeout and no connection-wide max_stream_duration (they would cut long blob uploads)")
+    h2 = hcm.get("http2_protocol_options", {})
+    check(0 < h2.get("max_concurrent_streams", 2**31) <= 1000
+          and h2.get("initial_stream_window_size", 2**28) <= listener.get("per_connection_buffer_limit_bytes", MIB1)
+          and h2.get("initial_connection_window_size", 2**28) <= 16 * MIB1,
+          f"{name}: HTTP/2 clients: at most 1000 streams per connection, stream window within the connection buffer, "
+          f"connection window at most 16 MiB ({h2})")
+    routes = routes_of(hcm)
+    for rname in ("manifest-write", "harbor-api-write"):
+        route = dig(routes, rname, "route", default={})
+        deadline = duration_seconds(dig(route, "max_stream_duration", "max_stream_duration"))
+        timeout = duration_seconds(route.get("timeout")) or 0
+        check(deadline is not None and timeout < deadline <= 300,
+              f"{name}: {rname} has a whole-stream deadline (max_stream_duration {deadline}s) above its timeout ({timeout}s)")
+    check(not dig(routes, "pass-through", "route", "max_stream_duration"),
+          f"{name}: pass-through has no whole-stream deadline (blob uploads can take hours)")
 
 
 # What the sidecar reads: request :method, :path, content-type, authorization; response :status
@@ -623,6 +711,7 @@ def check_pod_copies(sync: bool) -> None:
         check(dig(config, "admin", "address", "socket_address", "address") == "127.0.0.1",
               f"{name}: admin interface on loopback only")
         check_forward_rules(name, ext_proc_filter(config))
+        check_hardening(name, config)
 
 
 def check_envoy_files() -> dict:
@@ -633,14 +722,18 @@ def check_envoy_files() -> dict:
     # Host names are not resolved in validate mode, so `registry`/`gateway` are fine as they are.
     envoy_validate(ext_proc_path, "envoy/envoy.yaml")
     check_harness_shape(ext_proc_path, ext_proc)
-    envoy_validate(harness_substituted(ext_proc), "envoy/envoy.yaml with the test harness's loopback addresses")
+    rendered = render_envoy(ext_proc_path)
+    if rendered is not None:
+        envoy_validate(rendered, "envoy/envoy.yaml as the test kit renders it (render-envoy, loopback addresses)")
     check_common_knobs("envoy/envoy.yaml", ext_proc)
     check_forward_rules("envoy/envoy.yaml", ext_proc_filter(ext_proc))
     if ext_authz_path.exists():
         ext_authz = load_yaml(ext_authz_path)
         envoy_validate(ext_authz_path, "envoy/ext-authz.yaml")
         check_harness_shape(ext_authz_path, ext_authz)
-        envoy_validate(harness_substituted(ext_authz), "envoy/ext-authz.yaml with the test harness's loopback addresses")
+        rendered = render_envoy(ext_authz_path)
+        if rendered is not None:
+            envoy_validate(rendered, "envoy/ext-authz.yaml as the test kit renders it (render-envoy, loopback addresses)")
         check_ext_authz(ext_authz, ext_proc)
     else:
         fail("envoy/ext-authz.yaml is missing")
@@ -740,6 +833,18 @@ def check_compose(ext_proc: dict) -> None:
     clusters = {c["name"]: c for c in ext_proc["static_resources"]["clusters"]}
     reg_host, reg_port = endpoint(clusters["registry"]) or (None, None)
     gw_host, gw_port = endpoint(clusters["registry-gateway"]) or (None, None)
+    monitors = {m.get("name"): m.get("typed_config", {}) for m in dig(ext_proc, "overload_manager", "resource_monitors", default=[])}
+    max_cx = dig(monitors, CX_MONITOR, "max_active_downstream_connections", default=0)
+    heap = heap_budget(ext_proc) or 0
+    for svc_name, svc in services.items():
+        if not str(svc.get("image", "")).startswith("envoyproxy/envoy:"):
+            continue
+        nofile = dig(svc, "ulimits", "nofile", "soft")
+        limit = quantity_bytes(str(svc.get("mem_limit", "0")).replace("g", "Gi").replace("m", "Mi")) or 0
+        check(isinstance(nofile, int) and nofile >= 2 * max_cx + 1024,
+              f"{svc_name}: nofile {nofile} covers {max_cx} client connections and as many to the registry")
+        check(0 < heap <= 0.8 * limit, f"{svc_name}: mem_limit ({svc.get('mem_limit')}) is above the overload "
+              f"manager's heap budget ({heap} bytes) by at least 25%")
     check(reg_host in services and reg_port == 5000, f"envoy.yaml's registry host `{reg_host}:{reg_port}` is the compose service (registry:2 listens on 5000)")
     check(gw_host in services and gw_port == SIDECAR_GRPC_PORT, f"envoy.yaml's sidecar host `{gw_host}:{gw_port}` is the compose service `gateway`")
 
@@ -879,7 +984,7 @@ def container_port(container: dict, port) -> int | None:
     return None
 
 
-def check_kustomize(directory: str, ext_proc: dict, harbor: bool, valkey: bool = False) -> None:
+def check_kustomize(directory: str, ext_proc: dict, harbor: bool, valkey: bool = False, mesh: bool = False) -> None:
     step(f"kubectl kustomize {directory}")
     kubectl = tool("KUBECTL_BIN")
     out = run([kubectl, "kustomize", directory], f"kubectl kustomize {directory}")
@@ -925,7 +1030,12 @@ def check_kustomize(directory: str, ext_proc: dict, harbor: bool, valkey: bool =
               f"{name}: registry-gateway {probe} GET {path} on {SIDECAR_ADMIN_PORT}")
     check("serve" in args, f"{name}: registry-gateway runs `serve`")
     grpc_listen = flag(args, "--grpc-listen") or ""
-    check(grpc_listen.endswith(f":{SIDECAR_GRPC_PORT}"), f"{name}: --grpc-listen on port {SIDECAR_GRPC_PORT}")
+    if mesh:
+        check(grpc_listen == f"0.0.0.0:{SIDECAR_GRPC_PORT}",
+              f"{name}: --grpc-listen 0.0.0.0:{SIDECAR_GRPC_PORT} (the mesh's proxies call it from other pods)")
+    else:
+        check(grpc_listen == f"127.0.0.1:{SIDECAR_GRPC_PORT}",
+              f"{name}: --grpc-listen 127.0.0.1:{SIDECAR_GRPC_PORT} (Envoy is in the same pod; nothing else reaches it)")
     check((flag(args, "--admin-listen") or "").startswith("0.0.0.0:"), f"{name}: admin port reachable by the kubelet (0.0.0.0)")
     mounts = {m["name"]: m for m in side.get("volumeMounts", [])}
 
@@ -982,6 +1092,11 @@ def check_kustomize(directory: str, ext_proc: dict, harbor: bool, valkey: bool =
                          "address", "socket_address", "port_value")
         check(container_port(envoy, dig(envoy, "readinessProbe", "httpGet", "port")) == ready_port,
               f"{name}: envoy's probe port is the envoy-ready listener ({ready_port})")
+        heap = heap_budget(rendered)
+        limit = quantity_bytes(dig(envoy, "resources", "limits", "memory", default="0")) or 0
+        check(isinstance(heap, int) and 0 < heap <= 0.8 * limit,
+              f"{name}: Envoy's heap budget (overload manager, {heap} bytes) is at most 80% of its memory limit "
+              f"({limit} bytes): it sheds load before the kernel kills it")
 
     # Services.
     # The gateway's Services (not those of an overlay's own store).
@@ -991,8 +1106,13 @@ def check_kustomize(directory: str, ext_proc: dict, harbor: bool, valkey: bool =
                 and not any(selects({"matchLabels": dig(d, "spec", "selector", default={})}, o) for o in others)]
     ports = [p for s in services for p in dig(s, "spec", "ports", default=[])]
     grpc = [p for p in ports if str(p.get("name", "")).startswith("grpc-")]
-    check(bool(grpc) and all(container_port(side, p.get("targetPort")) == SIDECAR_GRPC_PORT for p in grpc),
-          f"{name}: a Service port named grpc-... targets the sidecar's gRPC port (mesh protocol detection)")
+    to_sidecar = [p for p in ports if container_port(side, p.get("targetPort")) == SIDECAR_GRPC_PORT]
+    if mesh:
+        check(bool(grpc) and all(container_port(side, p.get("targetPort")) == SIDECAR_GRPC_PORT for p in grpc),
+              f"{name}: a Service port named grpc-... targets the sidecar's gRPC port (mesh protocol detection)")
+    else:
+        check(not to_sidecar, f"{name}: no Service port reaches the sidecar's gRPC port (loopback only)")
+    check_network_policies(name, docs, dep, side, envoy, mesh)
     front = [p for p in ports if p.get("name") == "http-registry" and p.get("port") == 5000]
     check(bool(front) and all(container_port(envoy, p.get("targetPort")) == 5000 for p in front),
           f"{name}: Service port 5000 `http-registry` targets Envoy")
@@ -1014,6 +1134,45 @@ def check_kustomize(directory: str, ext_proc: dict, harbor: bool, valkey: bool =
         check_harbor_ingress(name, docs, url)
     else:
         check(flag(args, "--registry-url") == "http://registry:5000", f"{name}: --registry-url http://registry:5000")
+
+def policy_port(container: dict, port) -> int | None:
+    return container_port(container, port) if not isinstance(port, int) else port
+
+
+def check_network_policies(name: str, docs: list, dep: dict, side: dict, envoy: dict, mesh: bool) -> None:
+    """Who may reach the pods: the registry port from anywhere, the metrics port from named
+    namespaces only, the sidecar's gRPC port from no one (mesh: from named namespaces only)."""
+    labels = dig(dep, "spec", "template", "metadata", "labels", default={})
+    policies = [d for d in docs if d.get("kind") == "NetworkPolicy" and selects(dig(d, "spec", "podSelector", default={}), labels)]
+    if not check(bool(policies) and all("Ingress" in dig(p, "spec", "policyTypes", default=[]) for p in policies),
+                 f"{name}: a NetworkPolicy selects the gateway's pods and restricts Ingress ({len(policies)})"):
+        return
+    check(all(dig(p, "metadata", "namespace") == dig(dep, "metadata", "namespace") for p in policies),
+          f"{name}: the NetworkPolicies are in the Deployment's namespace")
+    # (port, open to all?) for every rule; a rule without ports admits every port.
+    admitted: dict[int | None, list[bool]] = {}
+    for p in policies:
+        for rule in dig(p, "spec", "ingress", default=[]):
+            sources = rule.get("from") or []
+            anyone = not sources
+            for port in rule.get("ports") or [{"port": None}]:
+                number = policy_port(side, port.get("port")) or policy_port(envoy, port.get("port")) \
+                    if port.get("port") is not None else None
+                admitted.setdefault(number, []).append(anyone)
+    check(None not in admitted, f"{name}: every NetworkPolicy rule names its ports")
+    check(admitted.get(5000) == [True] * len(admitted.get(5000, [])) and 5000 in admitted,
+          f"{name}: port 5000 (Envoy) is open to clients")
+    check(SIDECAR_ADMIN_PORT in admitted and not any(admitted[SIDECAR_ADMIN_PORT]),
+          f"{name}: the metrics port {SIDECAR_ADMIN_PORT} only from named sources (monitoring)")
+    if mesh:
+        check(SIDECAR_GRPC_PORT in admitted and not any(admitted[SIDECAR_GRPC_PORT]),
+              f"{name}: the sidecar's gRPC port {SIDECAR_GRPC_PORT} only from named sources (the mesh's proxies)")
+    else:
+        check(SIDECAR_GRPC_PORT not in admitted, f"{name}: no NetworkPolicy rule opens the sidecar's gRPC port")
+    check(set(admitted) <= {5000, SIDECAR_ADMIN_PORT, SIDECAR_GRPC_PORT},
+          f"{name}: nothing but 5000, {SIDECAR_ADMIN_PORT}" + (f" and {SIDECAR_GRPC_PORT}" if mesh else "")
+          + f" is admitted ({sorted(admitted)})")
+
 
 STATE_SECRET = "registry-gateway-state"
 STATE_SCHEMES = ("redis://", "rediss://", "redis-cluster://")
@@ -1809,6 +1968,7 @@ def main() -> int:
     check_kustomize("deploy/kubernetes", ext_proc, harbor=False)
     check_kustomize("deploy/kubernetes/overlays/harbor", ext_proc, harbor=True)
     check_kustomize("deploy/kubernetes/overlays/valkey", ext_proc, harbor=False, valkey=True)
+    check_kustomize("deploy/kubernetes/overlays/mesh", ext_proc, harbor=False, mesh=True)
     check_istio()
     check_gateway_api()
     print()

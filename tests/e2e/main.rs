@@ -17,6 +17,8 @@ mod envoy;
 mod ext_authz;
 /// dry-run, warn and warn_at through both filter modes.
 mod rollout;
+/// The shipped Envoy config under load, against slow clients and request trailers.
+mod hardening;
 /// Replicas sharing their tag books in a real Redis.
 mod shared;
 /// The sidecar behind Envoy: limits, manifests, auth flows, reload, shutdown.
