@@ -19,6 +19,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub policy: watch::Receiver<Arc<Snapshot>>,
     pub reload_status: SharedStatus,
+    /// Repositories over a tag limit lowered by a reload.
+    pub conflicts: crate::check::SharedConflicts,
     /// Latched true once a policy is loaded and the gRPC listener is bound; false again while
     /// shutting down, so Kubernetes stops routing before the drain.
     pub ready: AtomicBool,
@@ -70,6 +72,7 @@ async fn status(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
         "last_reload_error": reload.last_error,
         "last_reload_error_at": reload.last_error_at.map(rfc3339),
         "watch_error": reload.watch_error,
+        "limit_conflicts": *state.conflicts.lock().unwrap_or_else(|p| p.into_inner()),
     });
     (
         [(header::CONTENT_TYPE, "application/json")],

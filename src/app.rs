@@ -158,6 +158,7 @@ pub async fn build(args: &ServeArgs) -> Result<App, AppError> {
         metrics: metrics.clone(),
         policy: policy.clone(),
         reload_status,
+        conflicts: checker.conflicts(),
         ready: Default::default(),
     });
     Ok(App {
@@ -252,6 +253,8 @@ impl App {
             })
         };
 
+        let reviewer = tokio::spawn(checker.clone().review_on_reload());
+
         admin_state.ready.store(true, Ordering::Release);
         tracing::info!(grpc = ?grpc_addr, admin = ?admin_addr, registry = %registry_url, "serving");
 
@@ -295,6 +298,7 @@ impl App {
         };
         signal_task.abort();
         sweeper.abort();
+        reviewer.abort();
         drop(reload_handle);
         tracing::info!("stopped");
         result

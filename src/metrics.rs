@@ -51,6 +51,8 @@ pub struct Metrics {
     pub client_checks: Family<ResultLabels, Counter>,
     pub state_calls: Family<StateLabels, Counter>,
     pub books: Gauge,
+    /// Repositories over a tag limit lowered by a reload.
+    pub limit_conflicts: Gauge,
     pub book_evictions: Counter,
     pub registry_tokens: Gauge,
     pub registry_token_evictions: Counter,
@@ -80,6 +82,12 @@ impl Metrics {
             "warnings",
             "Warning headers handed to clients on allowed pushes: `waived` (a limit in warn mode) or `soft` (a warn_at threshold)",
             warnings.clone(),
+        );
+        let limit_conflicts = Gauge::default();
+        registry.register(
+            "limit_conflicts",
+            "Repositories whose cached tag count is over the tag limit in force since the last reload (listed in /status)",
+            limit_conflicts.clone(),
         );
         let decision_seconds = Histogram::new([
             0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -165,6 +173,7 @@ impl Metrics {
         Self {
             decisions,
             warnings,
+            limit_conflicts,
             decision_seconds,
             registry_calls,
             reloads,

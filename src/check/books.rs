@@ -144,6 +144,15 @@ impl Books {
         repos.get(repository).cloned()
     }
 
+    /// Every book kept, with its repository's name.
+    pub(super) fn entries(&self) -> Vec<(String, Arc<Repo>)> {
+        let repos = self.repos.lock().unwrap_or_else(|p| p.into_inner());
+        repos
+            .iter()
+            .map(|(name, repo)| (name.clone(), repo.clone()))
+            .collect()
+    }
+
     /// Forgets repositories idle for longer than `idle` that hold no reservation.
     pub(super) fn sweep(&self, now: Instant, idle: Duration) -> usize {
         let mut repos = self.repos.lock().unwrap_or_else(|p| p.into_inner());

@@ -82,6 +82,7 @@ pub trait TagSource: Send + Sync + 'static {
 }
 
 mod books;
+mod conflicts;
 mod standing;
 mod ticket;
 
@@ -92,6 +93,7 @@ use tokio::sync::watch;
 
 pub use self::books::DOUBT_GRACE;
 use self::books::{Books, Change, Repo};
+pub use self::conflicts::{Conflict, SharedConflicts};
 use self::standing::Standings;
 pub use self::ticket::Ticket;
 use self::ticket::{Backing, SharedLease};
@@ -205,6 +207,8 @@ pub struct Checker<S> {
     policy: watch::Receiver<Arc<Snapshot>>,
     options: CheckOptions,
     metrics: Arc<Metrics>,
+    /// Repositories over a limit lowered by a reload, as last reviewed.
+    conflicts: SharedConflicts,
 }
 
 impl<S: TagSource> Checker<S> {
@@ -223,6 +227,7 @@ impl<S: TagSource> Checker<S> {
             policy,
             options,
             metrics,
+            conflicts: SharedConflicts::default(),
         }
     }
 

@@ -775,3 +775,66 @@ async fn without_rollout_keys_a_push_over_the_limit_is_refused_and_labelled_enfo
         "registry_gateway_decisions_total{transport=\"ext_proc\",outcome=\"deny\",reason=\"tag_limit\",enforcement=\"enforce\"} 1"
     ));
 }
+
+/// A reload that lowers a limit below a cached repository's count is reported at once, and
+/// each conflict is logged once, not at every review.
+#[tokio::test]
+async fn a_reload_below_a_cached_count_is_reported_as_a_conflict() {
+    let compile = |yaml: &str, version| {
+        Arc::new(Snapshot {
+            policy: crate::policy::compile(&ConfigSource::File {
+                name: "t".into(),
+                text: yaml.into(),
+            })
+            .expect("valid"),
+            version,
+            hash: String::new(),
+            loaded_at: std::time::SystemTime::now(),
+        })
+    };
+    let (tx, rx) = watch::channel(compile("tag_count_limit: 10\n", 1));
+    let metrics = Arc::new(Metrics::new());
+    let c = Arc::new(Checker::new(
+        source_with(&["a", "b", "c"]),
+        rx,
+        CheckOptions::default(),
+        metrics.clone(),
+    ));
+    let w = put("/v2/team/app/manifests/a");
+    let got = c
+        .check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
+        .await;
+    assert_eq!(got.outcome, Outcome::Allow);
+    drop(got);
+    assert!(c.review_limits().is_empty());
+    tx.send(compile(
+        "tag_count_limit: 10\nrules:\n  - path: ^team/.*\n    limit: {max_image_size: 1GB, tag_count_limit: 2}\n",
+        2,
+    ))
+    .expect("send");
+    let found = c.review_limits();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        (
+            found[0].repository.as_str(),
+            found[0].tag_count,
+            found[0].tag_count_limit
+        ),
+        ("team/app", 3, 2)
+    );
+    assert_eq!(found[0].rule.as_ref().map(|r| r.index), Some(0));
+    assert_eq!(*c.conflicts().lock().expect("lock"), found);
+    assert!(
+        metrics
+            .encode()
+            .contains("registry_gateway_limit_conflicts 1")
+    );
+    // Raised again: the conflict is gone.
+    tx.send(compile("tag_count_limit: 10\n", 3)).expect("send");
+    assert!(c.review_limits().is_empty());
+    assert!(
+        metrics
+            .encode()
+            .contains("registry_gateway_limit_conflicts 0")
+    );
+}

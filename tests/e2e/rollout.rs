@@ -209,3 +209,75 @@ async fn warn_at_fires_at_the_threshold_and_not_below_and_the_limit_still_holds(
         }
     }
 }
+
+/// On a shared store the reservation follows the same rule: a push let through past a `dry-run`
+/// tag limit holds its slot in Redis, so every replica's count stays true.
+#[tokio::test]
+async fn dry_run_counts_stay_true_on_a_shared_store() {
+    let redis = support::Redis::start(false).await;
+    let mut options = StackOptions::new(CONFIG);
+    options.gateway_extra_args = vec!["--state".into(), redis.url()];
+    let stack = Stack::start_with(options).await;
+    let client = stack.client();
+    let admin = stack.gateway.admin();
+    let repo = "trial/shared";
+    let before = Scrape::take(&admin).await;
+    for tag in ["a", "b", "c", "d"] {
+        let body = image(&client, repo, 10, tag).await;
+        let reply = client.put_manifest(repo, tag, OCI, &body).await;
+        assert_eq!(reply.status, 201, "{tag}: {}", reply.text());
+    }
+    let after = Scrape::take(&admin).await;
+    let delta = would_deny(&after, "ext_proc", "tag_limit", "dry-run")
+        - would_deny(&before, "ext_proc", "tag_limit", "dry-run");
+    assert_eq!(delta, 2, "c and d are over a limit of 2");
+    let log = stack.gateway.log();
+    let last = log
+        .lines()
+        .rfind(|l| l.contains(repo) && l.contains("reference=d"))
+        .unwrap_or_else(|| panic!("no decision line for d in:\n{log}"));
+    assert!(last.contains("tag_count=3"), "the count includes c: {last}");
+}
+
+/// A reload that lowers a limit below what a cached repository holds is in `/status`, the
+/// metric and the log at once, before any push.
+#[tokio::test]
+async fn a_reload_below_a_repository_count_shows_in_status_at_once() {
+    let stack = Stack::start(CONFIG).await;
+    let client = stack.client();
+    let repo = "team/app";
+    for tag in ["a", "b", "c"] {
+        let body = image(&client, repo, 10, tag).await;
+        let reply = client.put_manifest(repo, tag, OCI, &body).await;
+        assert_eq!(reply.status, 201, "{tag}: {}", reply.text());
+    }
+    stack.write_config(&format!(
+        "{CONFIG}  - path: ^team/.*\n    limit: {{max_image_size: 1GB, tag_count_limit: 2}}\n"
+    ));
+    let admin = stack.gateway.admin();
+    let conflicts = support::eventually(
+        std::time::Duration::from_secs(10),
+        "the conflict in /status",
+        || async {
+            let status = admin.request("GET", "/status", &[], None).await.json();
+            match status["limit_conflicts"].as_array() {
+                Some(list) if !list.is_empty() => Ok(list.clone()),
+                _ => Err(status),
+            }
+        },
+    )
+    .await;
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    assert_eq!(conflicts[0]["repository"], repo);
+    assert_eq!(conflicts[0]["tag_count"], 3);
+    assert_eq!(conflicts[0]["tag_count_limit"], 2);
+    assert_eq!(conflicts[0]["rule"]["index"], 3);
+    let scrape = Scrape::take(&admin).await;
+    assert_eq!(scrape.get("registry_gateway_limit_conflicts", &[]), 1);
+    let log = stack.gateway.log();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("below what this repository already holds"))
+        .count();
+    assert_eq!(lines, 1, "logged once:\n{log}");
+}
