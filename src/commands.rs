@@ -355,6 +355,53 @@ mod tests {
     }
 
     #[test]
+    fn check_config_and_explain_show_enforcement_and_warn_at_only_when_set() {
+        let rollout = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/policy/valid/rollout.yaml"
+        );
+        let (code, out, err) = run(|o, e| check_config(Path::new(rollout), o, e));
+        assert_eq!(code, 0, "{err}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines[1].ends_with("tag_count_limit 100, warn_at 90%"),
+            "{out}"
+        );
+        assert!(
+            lines[2].ends_with("enforcement dry-run, warn_at 90%"),
+            "{out}"
+        );
+        assert!(lines[3].ends_with("enforcement warn, warn_at 80%"), "{out}");
+        assert!(
+            lines[4].ends_with("tag_count_limit 5, warn_at 90%"),
+            "{out}"
+        );
+        let (_, out, _) = run(|o, e| explain(Path::new(rollout), "trial/app", false, o, e));
+        assert!(
+            out.contains("enforcement: dry-run (") && out.contains("warn_at: 90%"),
+            "{out}"
+        );
+        let (_, out, _) = run(|o, e| explain(Path::new(rollout), "soon/app", true, o, e));
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(
+            (v["enforcement"].as_str(), v["warn_at"].as_str()),
+            (Some("warn"), Some("80%"))
+        );
+        // The original product's keys alone: nothing new is shown.
+        let (_, out, _) = run(|o, e| check_config(Path::new(SEED), o, e));
+        assert!(
+            !out.contains("enforcement") && !out.contains("warn_at"),
+            "{out}"
+        );
+        let (_, out, _) = run(|o, e| explain(Path::new(SEED), "project-1/app", true, o, e));
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        assert_eq!(
+            (v["enforcement"].as_str(), v["warn_at"].as_str()),
+            (Some("enforce"), None)
+        );
+    }
+
+    #[test]
     fn check_config_prints_global_then_every_rule_with_exact_bytes() {
         let (code, out, err) = run(|o, e| check_config(Path::new(SEED), o, e));
         assert_eq!(code, 0, "{err}");
