@@ -45,18 +45,22 @@ impl TagSource for FakeSource {
     }
 }
 
-fn snapshot(yaml: &str) -> watch::Receiver<Arc<Snapshot>> {
-    let policy = crate::policy::compile(&ConfigSource::File {
-        name: "t".into(),
-        text: yaml.into(),
-    })
-    .expect("valid");
-    let (tx, rx) = watch::channel(Arc::new(Snapshot {
-        policy,
-        version: 1,
+/// The configuration `yaml` compiled as snapshot `version`.
+fn compiled(yaml: &str, version: u64) -> Arc<Snapshot> {
+    Arc::new(Snapshot {
+        policy: crate::policy::compile(&ConfigSource::File {
+            name: "t".into(),
+            text: yaml.into(),
+        })
+        .expect("valid"),
+        version,
         hash: String::new(),
         loaded_at: std::time::SystemTime::now(),
-    }));
+    })
+}
+
+fn snapshot(yaml: &str) -> watch::Receiver<Arc<Snapshot>> {
+    let (tx, rx) = watch::channel(compiled(yaml, 1));
     std::mem::forget(tx);
     rx
 }
@@ -68,6 +72,26 @@ fn checker(source: FakeSource, yaml: &str, options: CheckOptions) -> Arc<Checker
         options,
         Arc::new(Metrics::new()),
     ))
+}
+
+/// A checker with default options over a registry listing `tags`.
+fn checker_over(tags: &[&str], yaml: &str) -> Arc<Checker<FakeSource>> {
+    checker(source_with(tags), yaml, CheckOptions::default())
+}
+
+/// A checker with default options over a registry listing `tags`, and the metrics it counts in.
+fn checker_counting(
+    tags: &[&str],
+    policy: watch::Receiver<Arc<Snapshot>>,
+) -> (Arc<Checker<FakeSource>>, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new());
+    let c = Arc::new(Checker::new(
+        source_with(tags),
+        policy,
+        CheckOptions::default(),
+        metrics.clone(),
+    ));
+    (c, metrics)
 }
 
 fn source_with(tags: &[&str]) -> FakeSource {
@@ -85,6 +109,26 @@ fn put_delete(path: &str) -> ManifestWrite {
     ManifestWrite::from_request("DELETE", path).expect("manifest write")
 }
 
+/// A `PUT` of `BODY` to `path` through `transport`, without credentials.
+async fn push_via(c: &Checker<FakeSource>, transport: Transport, path: &str) -> Checked {
+    c.check_push(transport, &put(path), Some(OCI), BODY, None)
+        .await
+}
+
+/// A `PUT` of `BODY` to `path` through ext_proc, without credentials.
+async fn push(c: &Checker<FakeSource>, path: &str) -> Checked {
+    push_via(c, Transport::ExtProc, path).await
+}
+
+/// The ticket of a push to `path` that must be allowed.
+async fn admit(c: &Checker<FakeSource>, path: &str) -> Ticket {
+    push(c, path).await.ticket.expect("allowed")
+}
+
+fn is_tag_limit(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Deny(d) if d.reason == DenyReason::TagLimit)
+}
+
 #[tokio::test]
 async fn concurrent_new_tags_admit_exactly_the_room_left() {
     let mut source = source_with(&["a", "b", "c"]);
@@ -95,10 +139,7 @@ async fn concurrent_new_tags_admit_exactly_the_room_left() {
     for i in 0..30 {
         let c = c.clone();
         tasks.push(tokio::spawn(async move {
-            let w = put(&format!("/v2/r/manifests/n{i}"));
-            let checked = c
-                .check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
-                .await;
+            let checked = push(&c, &format!("/v2/r/manifests/n{i}")).await;
             // Hold the ticket like an open stream would.
             (checked.outcome, checked.ticket)
         }));
@@ -110,7 +151,7 @@ async fn concurrent_new_tags_admit_exactly_the_room_left() {
         if outcome == Outcome::Allow {
             allowed += 1;
         } else {
-            assert!(matches!(outcome, Outcome::Deny(ref d) if d.reason == DenyReason::TagLimit));
+            assert!(is_tag_limit(&outcome));
         }
         tickets.extend(ticket);
     }
@@ -125,44 +166,16 @@ async fn concurrent_new_tags_admit_exactly_the_room_left() {
 
 #[tokio::test]
 async fn a_failed_push_releases_its_slot_and_a_committed_one_keeps_it() {
-    let c = checker(
-        source_with(&["a"]),
-        "tag_count_limit: 2\n",
-        CheckOptions::default(),
-    );
-    let w = put("/v2/r/manifests/b");
-    let t = c
-        .check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
-        .await
-        .ticket
-        .expect("allowed");
-    let w2 = put("/v2/r/manifests/c");
-    assert!(matches!(
-        c.check_push(Transport::ExtProc, &w2, Some(OCI), BODY, None)
-            .await
-            .outcome,
-        Outcome::Deny(_)
-    ));
+    let c = checker_over(&["a"], "tag_count_limit: 2\n");
+    let (w, w2) = ("/v2/r/manifests/b", "/v2/r/manifests/c");
+    let t = admit(&c, w).await;
+    assert!(matches!(push(&c, w2).await.outcome, Outcome::Deny(_)));
     t.settle(400, &[]);
-    let t2 = c
-        .check_push(Transport::ExtProc, &w2, Some(OCI), BODY, None)
-        .await
-        .ticket
-        .expect("slot freed");
+    let t2 = push(&c, w2).await.ticket.expect("slot freed");
     t2.settle(201, &[]);
-    assert!(matches!(
-        c.check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
-            .await
-            .outcome,
-        Outcome::Deny(_)
-    ));
+    assert!(matches!(push(&c, w).await.outcome, Outcome::Deny(_)));
     // Re-pushing the committed tag moves it.
-    assert_eq!(
-        c.check_push(Transport::ExtProc, &w2, Some(OCI), BODY, None)
-            .await
-            .outcome,
-        Outcome::Allow
-    );
+    assert_eq!(push(&c, w2).await.outcome, Outcome::Allow);
 }
 
 /// A stream that ends without the registry's answer (a client that hung up after its body) may
@@ -173,16 +186,11 @@ async fn a_dropped_ticket_holds_its_slot_until_the_list_shows_the_truth() {
     let source = source_with(&[]);
     let tags = source.tags.clone();
     let c = checker(source, "tag_count_limit: 1\n", CheckOptions::default());
-    let w = put("/v2/r/manifests/x");
-    let checked = c
-        .check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
-        .await;
+    let checked = push(&c, "/v2/r/manifests/x").await;
     assert_eq!(checked.ticket.as_ref().map(|t| t.reserved().len()), Some(1));
     drop(checked);
-    let y = put("/v2/r/manifests/y");
-    let refused = c
-        .check_push(Transport::ExtProc, &y, Some(OCI), BODY, None)
-        .await;
+    let y = "/v2/r/manifests/y";
+    let refused = push(&c, y).await;
     assert!(
         matches!(refused.outcome, Outcome::Deny(_)),
         "{:?}",
@@ -191,9 +199,7 @@ async fn a_dropped_ticket_holds_its_slot_until_the_list_shows_the_truth() {
     // The push did land: the read after the grace period counts it.
     tags.lock().expect("lock").push("x".into());
     tokio::time::advance(DOUBT_GRACE).await;
-    let refused = c
-        .check_push(Transport::ExtProc, &y, Some(OCI), BODY, None)
-        .await;
+    let refused = push(&c, y).await;
     assert!(
         matches!(refused.outcome, Outcome::Deny(_)),
         "{:?}",
@@ -202,34 +208,15 @@ async fn a_dropped_ticket_holds_its_slot_until_the_list_shows_the_truth() {
     // Had it not landed, the slot comes free at the same read.
     tags.lock().expect("lock").clear();
     c.observe_delete(&put_delete("/v2/r/manifests/x"), 202);
-    assert_eq!(
-        c.check_push(Transport::ExtProc, &y, Some(OCI), BODY, None)
-            .await
-            .outcome,
-        Outcome::Allow
-    );
+    assert_eq!(push(&c, y).await.outcome, Outcome::Allow);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_dropped_ticket_whose_push_failed_frees_its_slot_after_the_grace() {
-    let c = checker(
-        source_with(&[]),
-        "tag_count_limit: 1\n",
-        CheckOptions::default(),
-    );
-    let w = put("/v2/r/manifests/x");
-    drop(
-        c.check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
-            .await,
-    );
+    let c = checker_over(&[], "tag_count_limit: 1\n");
+    drop(push(&c, "/v2/r/manifests/x").await);
     tokio::time::advance(DOUBT_GRACE).await;
-    let y = put("/v2/r/manifests/y");
-    assert_eq!(
-        c.check_push(Transport::ExtProc, &y, Some(OCI), BODY, None)
-            .await
-            .outcome,
-        Outcome::Allow
-    );
+    assert_eq!(push(&c, "/v2/r/manifests/y").await.outcome, Outcome::Allow);
 }
 
 /// A 5xx may be Envoy's own (route timeout, upstream reset) after the registry stored the
@@ -247,22 +234,9 @@ async fn a_5xx_answer_holds_the_slot_and_a_4xx_frees_it() {
         let source = source_with(&[]);
         let calls = source.calls.clone();
         let c = checker(source, "tag_count_limit: 1\n", CheckOptions::default());
-        let t = c
-            .check_push(
-                Transport::ExtProc,
-                &put("/v2/r/manifests/x"),
-                Some(OCI),
-                BODY,
-                None,
-            )
-            .await
-            .ticket
-            .expect("allowed");
-        t.settle(status, &[]);
-        let y = put("/v2/r/manifests/y");
-        let got = c
-            .check_push(Transport::ExtProc, &y, Some(OCI), BODY, None)
-            .await;
+        admit(&c, "/v2/r/manifests/x").await.settle(status, &[]);
+        let y = "/v2/r/manifests/y";
+        let got = push(&c, y).await;
         assert_eq!(
             got.outcome == Outcome::Allow,
             free_at_once,
@@ -272,9 +246,7 @@ async fn a_5xx_answer_holds_the_slot_and_a_4xx_frees_it() {
         drop(got);
         if !free_at_once {
             tokio::time::advance(DOUBT_GRACE).await;
-            let got = c
-                .check_push(Transport::ExtProc, &y, Some(OCI), BODY, None)
-                .await;
+            let got = push(&c, y).await;
             assert_eq!(got.outcome, Outcome::Allow, "{status} after the re-read");
             assert_eq!(
                 calls.load(Ordering::SeqCst),
@@ -285,36 +257,33 @@ async fn a_5xx_answer_holds_the_slot_and_a_4xx_frees_it() {
     }
 }
 
-/// Every tag the registry reports creating counts, named in our request or not.
+/// The tags the registry reports creating (`OCI-Tag`) are the ones that count: every one of
+/// them, named in our request or not, and none that it does not echo.
 #[tokio::test]
-async fn every_tag_in_oci_tag_counts() {
-    let c = checker(
-        source_with(&[]),
-        "tag_count_limit: 2\n",
-        CheckOptions::default(),
-    );
-    let t = c
-        .check_push(
-            Transport::ExtProc,
-            &put("/v2/r/manifests/a"),
-            Some(OCI),
-            BODY,
-            None,
-        )
-        .await
-        .ticket
-        .expect("allowed");
-    t.settle(201, &["a, b".to_string()]);
-    let got = c
-        .check_push(
-            Transport::ExtProc,
-            &put("/v2/r/manifests/c"),
-            Some(OCI),
-            BODY,
-            None,
-        )
-        .await;
-    assert!(matches!(got.outcome, Outcome::Deny(ref d) if d.reason == DenyReason::TagLimit));
+async fn the_tags_in_oci_tag_are_the_ones_that_count() {
+    for (case, path, echoed, third_allowed) in [
+        (
+            "every tag in OCI-Tag counts",
+            "/v2/r/manifests/a",
+            "a, b",
+            false,
+        ),
+        (
+            "query tags not echoed are released",
+            "/v2/r/manifests/sha256:00?tag=a&tag=b",
+            "a",
+            true,
+        ),
+    ] {
+        let c = checker_over(&[], "tag_count_limit: 2\n");
+        admit(&c, path).await.settle(201, &[echoed.to_string()]);
+        let got = push(&c, "/v2/r/manifests/c").await;
+        if third_allowed {
+            assert_eq!(got.outcome, Outcome::Allow, "{case}");
+        } else {
+            assert!(is_tag_limit(&got.outcome), "{case}: {:?}", got.outcome);
+        }
+    }
 }
 
 /// A client whose credentials the registry refuses gets nothing from the gateway: no slot, no
@@ -331,17 +300,22 @@ async fn clients_the_registry_refuses_take_no_slot_and_learn_nothing() {
         CheckOptions::default(),
     );
     let small = br#"{"schemaVersion":2,"layers":[{"size":1}]}"#;
+    let push_as = |path: String, body: &'static [u8], authorization: Option<&'static str>| {
+        let c = c.clone();
+        async move {
+            c.check_push(
+                Transport::ExtAuthz,
+                &put(&path),
+                Some(OCI),
+                body,
+                authorization,
+            )
+            .await
+        }
+    };
     for authorization in [None, Some("Basic bad"), Some("Bearer forged")] {
         for path in ["/v2/r/manifests/new", "/v2/r/manifests/sha256:00"] {
-            let got = c
-                .check_push(
-                    Transport::ExtAuthz,
-                    &put(path),
-                    Some(OCI),
-                    BODY,
-                    authorization,
-                )
-                .await;
+            let got = push_as(path.into(), BODY, authorization).await;
             assert_eq!(got.outcome, Outcome::Defer, "{authorization:?} {path}");
             assert!(got.ticket.is_none());
             assert!(crate::respond::render(&got.outcome).is_none());
@@ -354,15 +328,7 @@ async fn clients_the_registry_refuses_take_no_slot_and_learn_nothing() {
     );
     // An accepted client fills the room; the refused ones took none of it.
     for tag in ["b", "c"] {
-        let got = c
-            .check_push(
-                Transport::ExtAuthz,
-                &put(&format!("/v2/r/manifests/{tag}")),
-                Some(OCI),
-                small,
-                Some("Basic good"),
-            )
-            .await;
+        let got = push_as(format!("/v2/r/manifests/{tag}"), small, Some("Basic good")).await;
         let expect_allow = tag == "b";
         assert_eq!(
             got.outcome == Outcome::Allow,
@@ -377,15 +343,12 @@ async fn clients_the_registry_refuses_take_no_slot_and_learn_nothing() {
     // Answers are cached per client and repository: three refused clients and one accepted.
     assert_eq!(client_calls.load(Ordering::SeqCst), 4);
     // Pushes that need no count and tell no limit ask nothing.
-    let invalid = c
-        .check_push(
-            Transport::ExtAuthz,
-            &put("/v2/r/manifests/sha256:00"),
-            Some(OCI),
-            b"{",
-            Some("Basic other"),
-        )
-        .await;
+    let invalid = push_as(
+        "/v2/r/manifests/sha256:00".into(),
+        b"{",
+        Some("Basic other"),
+    )
+    .await;
     assert!(
         matches!(invalid.outcome, Outcome::Deny(ref d) if d.reason == DenyReason::ManifestInvalid)
     );
@@ -404,42 +367,18 @@ async fn the_client_check_can_be_turned_off() {
             ..CheckOptions::default()
         },
     );
-    let got = c
-        .check_push(
-            Transport::ExtProc,
-            &put("/v2/r/manifests/a"),
-            Some(OCI),
-            BODY,
-            None,
-        )
-        .await;
-    assert_eq!(got.outcome, Outcome::Allow);
+    assert_eq!(push(&c, "/v2/r/manifests/a").await.outcome, Outcome::Allow);
 }
 
 #[tokio::test]
 async fn the_same_new_tag_pushed_twice_takes_one_slot() {
-    let c = checker(
-        source_with(&["a"]),
-        "tag_count_limit: 2\n",
-        CheckOptions::default(),
-    );
-    let w = put("/v2/r/manifests/b");
-    let t1 = c
-        .check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
-        .await
-        .ticket
-        .expect("allowed");
-    let t2 = c
-        .check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
-        .await
-        .ticket
-        .expect("shares the slot");
+    let c = checker_over(&["a"], "tag_count_limit: 2\n");
+    let w = "/v2/r/manifests/b";
+    let t1 = admit(&c, w).await;
+    let t2 = push(&c, w).await.ticket.expect("shares the slot");
     t1.settle(500, &[]);
-    let other = put("/v2/r/manifests/c");
     assert!(matches!(
-        c.check_push(Transport::ExtProc, &other, Some(OCI), BODY, None)
-            .await
-            .outcome,
+        push(&c, "/v2/r/manifests/c").await.outcome,
         Outcome::Deny(_)
     ));
     t2.settle(201, &[]);
@@ -450,28 +389,13 @@ async fn a_deleted_tag_frees_its_slot_at_once() {
     let source = source_with(&["a", "b"]);
     let calls = source.calls.clone();
     let c = checker(source, "tag_count_limit: 2\n", CheckOptions::default());
-    let new = put("/v2/r/manifests/c");
-    assert!(matches!(
-        c.check_push(Transport::ExtProc, &new, Some(OCI), BODY, None)
-            .await
-            .outcome,
-        Outcome::Deny(_)
-    ));
+    let new = "/v2/r/manifests/c";
+    assert!(matches!(push(&c, new).await.outcome, Outcome::Deny(_)));
     let del = ManifestWrite::from_request("DELETE", "/v2/r/manifests/a").expect("write");
     c.observe_delete(&del, 404);
-    assert!(matches!(
-        c.check_push(Transport::ExtProc, &new, Some(OCI), BODY, None)
-            .await
-            .outcome,
-        Outcome::Deny(_)
-    ));
+    assert!(matches!(push(&c, new).await.outcome, Outcome::Deny(_)));
     c.observe_delete(&del, 202);
-    assert_eq!(
-        c.check_push(Transport::ExtProc, &new, Some(OCI), BODY, None)
-            .await
-            .outcome,
-        Outcome::Allow
-    );
+    assert_eq!(push(&c, new).await.outcome, Outcome::Allow);
     assert_eq!(calls.load(Ordering::SeqCst), 1, "no re-read was needed");
 }
 
@@ -480,16 +404,11 @@ async fn a_delete_by_digest_makes_the_next_decision_read_the_list() {
     let source = source_with(&["a"]);
     let calls = source.calls.clone();
     let c = checker(source, "tag_count_limit: 5\n", CheckOptions::default());
-    let w = put("/v2/r/manifests/b");
-    c.check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
-        .await
-        .ticket
-        .expect("allowed")
-        .settle(201, &[]);
+    let w = "/v2/r/manifests/b";
+    admit(&c, w).await.settle(201, &[]);
     let del = ManifestWrite::from_request("DELETE", "/v2/r/manifests/sha256:00").expect("write");
     c.observe_delete(&del, 202);
-    c.check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
-        .await;
+    push(&c, w).await;
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
@@ -498,21 +417,14 @@ async fn an_unreadable_tag_list_fails_closed_by_default_and_open_when_configured
     let mut source = source_with(&[]);
     source.fail = Some(TagError::Status { status: 502 });
     let c = checker(source.clone(), "{}", CheckOptions::default());
-    let w = put("/v2/r/manifests/v1");
-    match c
-        .check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
-        .await
-        .outcome
-    {
+    let w = "/v2/r/manifests/v1";
+    match push(&c, w).await.outcome {
         Outcome::Unavailable { message, .. } => assert!(message.contains("HTTP 502"), "{message}"),
         other => panic!("{other:?}"),
     }
     // Size checks never need the network.
-    let digest = put("/v2/r/manifests/sha256:00");
     assert_eq!(
-        c.check_push(Transport::ExtProc, &digest, Some(OCI), BODY, None)
-            .await
-            .outcome,
+        push(&c, "/v2/r/manifests/sha256:00").await.outcome,
         Outcome::Allow
     );
     let open = checker(
@@ -523,12 +435,7 @@ async fn an_unreadable_tag_list_fails_closed_by_default_and_open_when_configured
             ..CheckOptions::default()
         },
     );
-    assert_eq!(
-        open.check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
-            .await
-            .outcome,
-        Outcome::Allow
-    );
+    assert_eq!(push(&open, w).await.outcome, Outcome::Allow);
 }
 
 #[tokio::test]
@@ -541,11 +448,7 @@ async fn a_slow_registry_hits_the_decision_deadline() {
     };
     let c = checker(source, "{}", options);
     let started = Instant::now();
-    let w = put("/v2/r/manifests/v1");
-    let outcome = c
-        .check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
-        .await
-        .outcome;
+    let outcome = push(&c, "/v2/r/manifests/v1").await.outcome;
     assert!(
         matches!(
             outcome,
@@ -568,20 +471,12 @@ async fn commits_seen_during_a_fetch_survive_its_result() {
         ..CheckOptions::default()
     };
     let c = checker(source, "tag_count_limit: 3\n", options);
-    let b = put("/v2/r/manifests/b");
-    let ticket = c
-        .check_push(Transport::ExtProc, &b, Some(OCI), BODY, None)
-        .await
-        .ticket
-        .expect("allowed");
+    let ticket = admit(&c, "/v2/r/manifests/b").await;
     tokio::time::sleep(Duration::from_millis(310)).await;
     // A decision starts a fetch whose answer lacks `b`; `b` commits while it is in flight.
     let c2 = c.clone();
     let fetching = tokio::spawn(async move {
-        let w = put("/v2/r/manifests/c");
-        let checked = c2
-            .check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
-            .await;
+        let checked = push(&c2, "/v2/r/manifests/c").await;
         (checked.outcome, checked.ticket)
     });
     tokio::time::sleep(Duration::from_millis(30)).await;
@@ -589,11 +484,8 @@ async fn commits_seen_during_a_fetch_survive_its_result() {
     let (outcome, c_ticket) = fetching.await.expect("task");
     assert_eq!(outcome, Outcome::Allow);
     // a, b (replayed from the journal) and c (reserved) count: a fourth tag is refused.
-    let d = put("/v2/r/manifests/d");
     assert!(matches!(
-        c.check_push(Transport::ExtProc, &d, Some(OCI), BODY, None)
-            .await
-            .outcome,
+        push(&c, "/v2/r/manifests/d").await.outcome,
         Outcome::Deny(_)
     ));
     drop(c_ticket);
@@ -604,62 +496,29 @@ async fn ext_authz_reservations_expire_and_the_list_is_read_again() {
     let source = source_with(&[]);
     let calls = source.calls.clone();
     let c = checker(source, "tag_count_limit: 1\n", CheckOptions::default());
-    let w = put("/v2/r/manifests/a");
-    c.check_push(Transport::ExtAuthz, &w, Some(OCI), BODY, None)
+    push_via(&c, Transport::ExtAuthz, "/v2/r/manifests/a")
         .await
         .ticket
         .expect("allowed")
         .expire_after(Duration::from_secs(30));
-    let other = put("/v2/r/manifests/b");
+    let other = "/v2/r/manifests/b";
     assert!(matches!(
-        c.check_push(Transport::ExtAuthz, &other, Some(OCI), BODY, None)
-            .await
-            .outcome,
+        push_via(&c, Transport::ExtAuthz, other).await.outcome,
         Outcome::Deny(_)
     ));
     tokio::time::sleep(Duration::from_secs(31)).await;
     // The push never landed (the fake registry still lists nothing): the slot is free again.
     assert_eq!(
-        c.check_push(Transport::ExtAuthz, &other, Some(OCI), BODY, None)
-            .await
-            .outcome,
+        push_via(&c, Transport::ExtAuthz, other).await.outcome,
         Outcome::Allow
     );
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
-async fn query_tags_not_echoed_by_the_registry_are_released() {
-    let c = checker(
-        source_with(&[]),
-        "tag_count_limit: 2\n",
-        CheckOptions::default(),
-    );
-    let w = put("/v2/r/manifests/sha256:00?tag=a&tag=b");
-    let t = c
-        .check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
-        .await
-        .ticket
-        .expect("allowed");
-    t.settle(201, &["a".to_string()]);
-    let w = put("/v2/r/manifests/c");
-    assert_eq!(
-        c.check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
-            .await
-            .outcome,
-        Outcome::Allow
-    );
-}
-
-#[tokio::test]
 async fn idle_repositories_are_forgotten() {
-    let c = checker(source_with(&[]), "{}", CheckOptions::default());
-    let w = put("/v2/r/manifests/a");
-    c.check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
-        .await
-        .ticket
-        .expect("allowed")
-        .settle(201, &[]);
+    let c = checker_over(&[], "{}");
+    admit(&c, "/v2/r/manifests/a").await.settle(201, &[]);
     assert_eq!(
         c.books.sweep(
             Instant::now() + Duration::from_secs(3600),
@@ -676,18 +535,10 @@ async fn the_books_are_capped_and_an_evicted_repository_is_read_again() {
     let source = source_with(&["a"]);
     let calls = source.calls.clone();
     let c = checker(source, "tag_count_limit: 2\n", CheckOptions::default());
-    let honest = put("/v2/honest/manifests/b");
-    let t = c
-        .check_push(Transport::ExtProc, &honest, Some(OCI), BODY, None)
-        .await
-        .ticket
-        .expect("allowed");
+    let t = admit(&c, "/v2/honest/manifests/b").await;
     // Held while the flood goes on: a book with a reservation is never evicted.
     for i in 0..(books::MAX_BOOKS + books::MAX_BOOKS / 2) {
-        let w = put(&format!("/v2/flood/n{i}/manifests/x"));
-        let checked = c
-            .check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
-            .await;
+        let checked = push(&c, &format!("/v2/flood/n{i}/manifests/x")).await;
         if let Some(t) = checked.ticket {
             t.settle(201, &[]);
         }
@@ -695,15 +546,8 @@ async fn the_books_are_capped_and_an_evicted_repository_is_read_again() {
     assert!(c.books.len() <= books::MAX_BOOKS, "{}", c.books.len());
     assert!(c.metrics.book_evictions.get() > 0);
     t.settle(201, &[]);
-    let over = put("/v2/honest/manifests/c");
-    let got = c
-        .check_push(Transport::ExtProc, &over, Some(OCI), BODY, None)
-        .await;
-    assert!(
-        matches!(got.outcome, Outcome::Deny(ref d) if d.reason == DenyReason::TagLimit),
-        "{:?}",
-        got.outcome
-    );
+    let got = push(&c, "/v2/honest/manifests/c").await;
+    assert!(is_tag_limit(&got.outcome), "{:?}", got.outcome);
     let before = calls.load(Ordering::SeqCst);
     assert!(before > books::MAX_BOOKS, "every flood name was read once");
 }
@@ -713,17 +557,11 @@ async fn the_books_are_capped_and_an_evicted_repository_is_read_again() {
 #[tokio::test]
 async fn a_push_let_through_by_dry_run_holds_its_slot_and_is_counted_as_a_would_be_denial() {
     for (mode, warned) in [("dry-run", false), ("warn", true)] {
-        let metrics = Arc::new(Metrics::new());
-        let c = Arc::new(Checker::new(
-            source_with(&["a", "b"]),
+        let (c, metrics) = checker_counting(
+            &["a", "b"],
             snapshot(&format!("tag_count_limit: 2\nenforcement: {mode}\n")),
-            CheckOptions::default(),
-            metrics.clone(),
-        ));
-        let w = put("/v2/r/manifests/c");
-        let got = c
-            .check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
-            .await;
+        );
+        let got = push(&c, "/v2/r/manifests/c").await;
         assert_eq!(got.outcome, Outcome::Allow, "{mode}");
         assert_eq!(
             got.waived.as_ref().map(|d| d.reason),
@@ -738,10 +576,7 @@ async fn a_push_let_through_by_dry_run_holds_its_slot_and_is_counted_as_a_would_
         let ticket = got.ticket.expect("ticket");
         assert_eq!(ticket.reserved(), ["c".to_owned()]);
         ticket.settle(201, &[]);
-        let w = put("/v2/r/manifests/d");
-        let next = c
-            .check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
-            .await;
+        let next = push(&c, "/v2/r/manifests/d").await;
         assert_eq!(
             next.facts.tag_count,
             Some(3),
@@ -758,18 +593,9 @@ async fn a_push_let_through_by_dry_run_holds_its_slot_and_is_counted_as_a_would_
 /// A configuration without the new keys answers as before: refused, nothing waived or said.
 #[tokio::test]
 async fn without_rollout_keys_a_push_over_the_limit_is_refused_and_labelled_enforce() {
-    let metrics = Arc::new(Metrics::new());
-    let c = Arc::new(Checker::new(
-        source_with(&["a"]),
-        snapshot("tag_count_limit: 1\n"),
-        CheckOptions::default(),
-        metrics.clone(),
-    ));
-    let w = put("/v2/r/manifests/b");
-    let got = c
-        .check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
-        .await;
-    assert!(matches!(got.outcome, Outcome::Deny(ref d) if d.reason == DenyReason::TagLimit));
+    let (c, metrics) = checker_counting(&["a"], snapshot("tag_count_limit: 1\n"));
+    let got = push(&c, "/v2/r/manifests/b").await;
+    assert!(is_tag_limit(&got.outcome));
     assert!(got.waived.is_none() && got.warnings.is_empty());
     assert!(metrics.encode().contains(
         "registry_gateway_decisions_total{transport=\"ext_proc\",outcome=\"deny\",reason=\"tag_limit\",enforcement=\"enforce\"} 1"
@@ -780,34 +606,13 @@ async fn without_rollout_keys_a_push_over_the_limit_is_refused_and_labelled_enfo
 /// each conflict is logged once, not at every review.
 #[tokio::test]
 async fn a_reload_below_a_cached_count_is_reported_as_a_conflict() {
-    let compile = |yaml: &str, version| {
-        Arc::new(Snapshot {
-            policy: crate::policy::compile(&ConfigSource::File {
-                name: "t".into(),
-                text: yaml.into(),
-            })
-            .expect("valid"),
-            version,
-            hash: String::new(),
-            loaded_at: std::time::SystemTime::now(),
-        })
-    };
-    let (tx, rx) = watch::channel(compile("tag_count_limit: 10\n", 1));
-    let metrics = Arc::new(Metrics::new());
-    let c = Arc::new(Checker::new(
-        source_with(&["a", "b", "c"]),
-        rx,
-        CheckOptions::default(),
-        metrics.clone(),
-    ));
-    let w = put("/v2/team/app/manifests/a");
-    let got = c
-        .check_push(Transport::ExtProc, &w, Some(OCI), BODY, None)
-        .await;
+    let (tx, rx) = watch::channel(compiled("tag_count_limit: 10\n", 1));
+    let (c, metrics) = checker_counting(&["a", "b", "c"], rx);
+    let got = push(&c, "/v2/team/app/manifests/a").await;
     assert_eq!(got.outcome, Outcome::Allow);
     drop(got);
     assert!(c.review_limits().is_empty());
-    tx.send(compile(
+    tx.send(compiled(
         "tag_count_limit: 10\nrules:\n  - path: ^team/.*\n    limit: {max_image_size: 1GB, tag_count_limit: 2}\n",
         2,
     ))
@@ -830,7 +635,7 @@ async fn a_reload_below_a_cached_count_is_reported_as_a_conflict() {
             .contains("registry_gateway_limit_conflicts 1")
     );
     // Raised again: the conflict is gone.
-    tx.send(compile("tag_count_limit: 10\n", 3)).expect("send");
+    tx.send(compiled("tag_count_limit: 10\n", 3)).expect("send");
     assert!(c.review_limits().is_empty());
     assert!(
         metrics
