@@ -20,6 +20,16 @@ fn image(total: u64) -> Vec<u8> {
         .into_bytes()
 }
 
+/// The first step for a `PUT` of `body` to `path`.
+fn evaluate<'p>(policy: &'p Policy, path: &str, content_type: &str, body: &[u8]) -> Evaluation<'p> {
+    let write = ManifestWrite::from_request("PUT", path).expect("manifest write");
+    policy.evaluate(&ManifestPush {
+        write: &write,
+        content_type: Some(content_type),
+        body,
+    })
+}
+
 fn decide(
     policy: &Policy,
     path: &str,
@@ -27,16 +37,15 @@ fn decide(
     body: &[u8],
     book: &mut TagBook,
 ) -> Decision {
-    let write = ManifestWrite::from_request("PUT", path).expect("manifest write");
-    let push = ManifestPush {
-        write: &write,
-        content_type: Some(content_type),
-        body,
-    };
-    match policy.evaluate(&push) {
+    match evaluate(policy, path, content_type, body) {
         Evaluation::Done(d) => d,
         Evaluation::NeedTags(q) => q.finish(book),
     }
+}
+
+/// An OCI image of `total` bytes pushed to `path` in a repository of `existing` tags.
+fn decide_image(policy: &Policy, path: &str, total: u64, existing: usize) -> Decision {
+    decide(policy, path, OCI, &image(total), &mut tags(existing))
 }
 
 fn tags(n: usize) -> TagBook {
@@ -46,21 +55,9 @@ fn tags(n: usize) -> TagBook {
 #[test]
 fn size_equal_to_the_limit_passes_and_one_byte_over_is_refused() {
     let p = policy(SEED);
-    let d = decide(
-        &p,
-        "/v2/project-1/app/manifests/v1",
-        OCI,
-        &image(20 * MB),
-        &mut tags(0),
-    );
+    let d = decide_image(&p, "/v2/project-1/app/manifests/v1", 20 * MB, 0);
     assert!(d.is_allowed(), "{d:?}");
-    let d = decide(
-        &p,
-        "/v2/project-1/app/manifests/v1",
-        OCI,
-        &image(20 * MB + 1),
-        &mut tags(0),
-    );
+    let d = decide_image(&p, "/v2/project-1/app/manifests/v1", 20 * MB + 1, 0);
     let denial = d.denial().expect("refused");
     assert_eq!(denial.reason, DenyReason::ImageTooLarge);
     for fragment in [
@@ -81,15 +78,11 @@ fn size_equal_to_the_limit_passes_and_one_byte_over_is_refused() {
 #[test]
 fn size_is_checked_before_any_tag_is_needed() {
     let p = policy(SEED);
-    let write =
-        ManifestWrite::from_request("PUT", "/v2/library/nginx/manifests/big").expect("write");
     let body = image(100 * MB + 1);
-    let push = ManifestPush {
-        write: &write,
-        content_type: Some(OCI),
-        body: &body,
-    };
-    assert!(matches!(p.evaluate(&push), Evaluation::Done(d) if !d.is_allowed()));
+    assert!(matches!(
+        evaluate(&p, "/v2/library/nginx/manifests/big", OCI, &body),
+        Evaluation::Done(d) if !d.is_allowed()
+    ));
 }
 
 #[test]
@@ -120,13 +113,7 @@ fn the_first_matching_rule_wins() {
             .message
             .contains("rule 2 (path `^project-2/.*`)")
     );
-    let d = decide(
-        &p,
-        "/v2/library/nginx/manifests/a",
-        OCI,
-        &image(101 * MB),
-        &mut tags(0),
-    );
+    let d = decide_image(&p, "/v2/library/nginx/manifests/a", 101 * MB, 0);
     assert!(
         d.denial()
             .expect("refused")
@@ -298,17 +285,8 @@ fn unmeasurable_bodies_are_refused_with_their_reason() {
 #[test]
 fn a_limit_of_zero_tags_refuses_every_new_tag() {
     let p = policy("tag_count_limit: 0\n");
-    assert!(!decide(&p, "/v2/a/manifests/v1", OCI, &image(1), &mut tags(0)).is_allowed());
-    assert!(
-        decide(
-            &p,
-            "/v2/a/manifests/sha256:00",
-            OCI,
-            &image(1),
-            &mut tags(0)
-        )
-        .is_allowed()
-    );
+    assert!(!decide_image(&p, "/v2/a/manifests/v1", 1, 0).is_allowed());
+    assert!(decide_image(&p, "/v2/a/manifests/sha256:00", 1, 0).is_allowed());
 }
 
 #[test]
@@ -339,16 +317,9 @@ fn the_error_body_is_an_oci_envelope() {
 #[test]
 fn judging_reserves_nothing() {
     let p = policy(SEED);
-    let write =
-        ManifestWrite::from_request("PUT", "/v2/project-1/app/manifests/new").expect("write");
-    let body = image(1);
-    let push = ManifestPush {
-        write: &write,
-        content_type: Some(OCI),
-        body: &body,
-    };
     let mut book = tags(2);
-    let Evaluation::NeedTags(q) = p.evaluate(&push) else {
+    let Evaluation::NeedTags(q) = evaluate(&p, "/v2/project-1/app/manifests/new", OCI, &image(1))
+    else {
         panic!("tags needed")
     };
     assert!(q.judge(&mut book).is_allowed());
@@ -358,25 +329,18 @@ fn judging_reserves_nothing() {
 #[test]
 fn digest_references_are_written_with_an_at_sign() {
     let p = policy(SEED);
-    let d = decide(
+    let d = decide_image(
         &p,
         "/v2/project-1/app/manifests/sha256:abcd",
-        OCI,
-        &image(20 * MB + 1),
-        &mut tags(0),
+        20 * MB + 1,
+        0,
     );
     let message = &d.denial().expect("refused").message;
     assert!(
         message.starts_with("push to project-1/app@sha256:abcd refused"),
         "{message}"
     );
-    let d = decide(
-        &p,
-        "/v2/project-1/app/manifests/v1",
-        OCI,
-        &image(20 * MB + 1),
-        &mut tags(0),
-    );
+    let d = decide_image(&p, "/v2/project-1/app/manifests/v1", 20 * MB + 1, 0);
     assert!(
         d.denial()
             .expect("refused")
@@ -405,14 +369,7 @@ fn names_and_references_outside_the_grammar_are_refused_before_tags() {
             DenyReason::TagInvalid,
         ),
     ] {
-        let write = ManifestWrite::from_request("PUT", &path).expect("manifest write");
-        let body = image(1);
-        let push = ManifestPush {
-            write: &write,
-            content_type: Some(OCI),
-            body: &body,
-        };
-        match p.evaluate(&push) {
+        match evaluate(&p, &path, OCI, &image(1)) {
             Evaluation::Done(d) => {
                 let denial = d.denial().expect("refused");
                 assert_eq!(denial.reason, reason, "{path}");
@@ -427,15 +384,12 @@ fn names_and_references_outside_the_grammar_are_refused_before_tags() {
 #[test]
 fn an_encoded_digest_reference_takes_no_slot() {
     let p = policy(SEED);
-    let write = ManifestWrite::from_request("PUT", "/v2/project-1/app/manifests/sha256%3A00")
-        .expect("manifest write");
-    let body = image(1);
-    let push = ManifestPush {
-        write: &write,
-        content_type: Some(OCI),
-        body: &body,
-    };
-    match p.evaluate(&push) {
+    match evaluate(
+        &p,
+        "/v2/project-1/app/manifests/sha256%3A00",
+        OCI,
+        &image(1),
+    ) {
         Evaluation::Done(d) => assert!(d.is_allowed(), "{d:?}"),
         Evaluation::NeedTags(_) => panic!("a digest push asked for tags"),
     }
@@ -500,13 +454,7 @@ fn dry_run_lets_an_oversized_image_through_with_the_refusal_recorded_and_nothing
     );
     assert!(book.contains("big"));
     // The same push under the enforced rule is refused with the same words.
-    let enforced = decide(
-        &p,
-        "/v2/strict/app/manifests/big",
-        OCI,
-        &image(10 * MB + 1),
-        &mut tags(0),
-    );
+    let enforced = decide_image(&p, "/v2/strict/app/manifests/big", 10 * MB + 1, 0);
     assert_eq!(
         enforced.denial().map(|d| d.reason),
         Some(DenyReason::ImageTooLarge)
@@ -543,13 +491,7 @@ fn dry_run_past_the_tag_limit_reserves_and_records_the_tag_refusal() {
 #[test]
 fn warn_hands_the_client_the_refusal_text() {
     let p = policy(ROLLOUT);
-    let d = decide(
-        &p,
-        "/v2/soon/app/manifests/t5",
-        OCI,
-        &image(MB),
-        &mut tags(5),
-    );
+    let d = decide_image(&p, "/v2/soon/app/manifests/t5", MB, 5);
     assert!(d.is_allowed(), "{d:?}");
     let waived = d.waived.as_ref().expect("would-be denial");
     assert_eq!(waived.reason, DenyReason::TagLimit);
@@ -566,21 +508,9 @@ fn warn_hands_the_client_the_refusal_text() {
 fn warn_at_fires_at_the_threshold_and_not_below() {
     let p = policy(ROLLOUT);
     // soon/: warn_at 80% of 5 tags = 4 tags after the push.
-    let below = decide(
-        &p,
-        "/v2/soon/app/manifests/new",
-        OCI,
-        &image(MB),
-        &mut tags(2),
-    );
+    let below = decide_image(&p, "/v2/soon/app/manifests/new", MB, 2);
     assert!(below.is_allowed() && below.warnings.is_empty(), "{below:?}");
-    let at = decide(
-        &p,
-        "/v2/soon/app/manifests/new",
-        OCI,
-        &image(MB),
-        &mut tags(3),
-    );
+    let at = decide_image(&p, "/v2/soon/app/manifests/new", MB, 3);
     assert!(at.is_allowed() && at.waived.is_none(), "{at:?}");
     assert_eq!(at.warnings.len(), 1, "{:?}", at.warnings);
     assert!(
@@ -589,17 +519,11 @@ fn warn_at_fires_at_the_threshold_and_not_below() {
         at.warnings[0]
     );
     // A push to an existing tag adds none, but the count it leaves still counts.
-    let existing = decide(
-        &p,
-        "/v2/soon/app/manifests/t0",
-        OCI,
-        &image(MB),
-        &mut tags(4),
-    );
+    let existing = decide_image(&p, "/v2/soon/app/manifests/t0", MB, 4);
     assert!(existing.warnings[0].starts_with("soon/app now has 4 of its 5 tags"));
     // Sizes: 80% of 10MB is 8MB exactly.
     let digest = format!("/v2/soon/app/manifests/sha256:{}", "0".repeat(64));
-    let size = |bytes| decide(&p, &digest, OCI, &image(bytes), &mut tags(0));
+    let size = |bytes| decide_image(&p, &digest, bytes, 0);
     assert!(size(8 * MB - 1).warnings.is_empty());
     let at = size(8 * MB);
     assert_eq!(at.warnings.len(), 1, "{:?}", at.warnings);
@@ -609,13 +533,7 @@ fn warn_at_fires_at_the_threshold_and_not_below() {
         at.warnings[0]
     );
     // Limits are still enforced past a soft threshold.
-    let over = decide(
-        &p,
-        "/v2/strict/app/manifests/x",
-        OCI,
-        &image(10 * MB + 1),
-        &mut tags(0),
-    );
+    let over = decide_image(&p, "/v2/strict/app/manifests/x", 10 * MB + 1, 0);
     assert!(!over.is_allowed());
     assert!(over.warnings.is_empty());
 }
@@ -623,13 +541,7 @@ fn warn_at_fires_at_the_threshold_and_not_below() {
 #[test]
 fn warnings_fit_the_header_budget() {
     let p = policy(ROLLOUT);
-    let d = decide(
-        &p,
-        "/v2/soon/app/manifests/new",
-        OCI,
-        &image(9 * MB),
-        &mut tags(3),
-    );
+    let d = decide_image(&p, "/v2/soon/app/manifests/new", 9 * MB, 3);
     assert_eq!(d.warnings.len(), 2, "{:?}", d.warnings);
     let values = warning_headers(&d.warnings);
     assert_eq!(values.len(), 2);
