@@ -17,7 +17,7 @@ use super::children::{CAPACITY, Child, ChildCache, ChildRef, Measurement};
 use super::report::{Finding, Kind, Problem, Report};
 use super::retry::with_retries;
 use crate::check::TagSource;
-use crate::policy::{Measured, Policy, RuleRef, manifest};
+use crate::policy::{Measured, Policy, RuleRef, Share, manifest};
 use crate::registry::{FetchedManifest, RegistryClient};
 
 /// A `Link` chain longer than this is a loop, not a catalog.
@@ -37,7 +37,22 @@ pub(super) struct ScanOptions {
 struct Applied {
     rule: Option<RuleRef>,
     max_image_bytes: u64,
-    enforcement: Option<&'static str>,
+    enforcement: &'static str,
+    warn_at: Option<Share>,
+}
+
+impl Applied {
+    /// A finding of `measured` against `limit`: a violation when over it, a warning when it
+    /// reaches `warn_at` short of that, nothing otherwise.
+    fn judge(&self, part: &mut Part, measured: u64, limit: u64, finding: impl FnOnce() -> Finding) {
+        if measured > limit {
+            part.violations.push(finding());
+        } else if let Some(share) = self.warn_at.filter(|s| s.reached(measured, limit)) {
+            let mut warning = finding();
+            warning.warn_at = Some(share.to_string());
+            part.warnings.push(warning);
+        }
+    }
 }
 
 struct Scan {
@@ -206,9 +221,10 @@ impl Scan {
             path: r.path.clone(),
         });
         let applied = Applied {
-            rule: rule.clone(),
+            rule,
             max_image_bytes: limits.max_image_size.bytes(),
-            enforcement: None,
+            enforcement: limits.enforcement.as_str(),
+            warn_at: limits.warn_at,
         };
         let mut part = Part {
             repositories: 1,
@@ -218,20 +234,18 @@ impl Scan {
             .iter()
             .filter(|t| limits.exclude_tags.counts(t))
             .count() as u64;
-        if counted > limits.tag_count_limit {
-            part.violations.push(Finding {
-                repository: name.clone(),
-                tag: None,
-                kind: Kind::TagCount,
-                measured: counted,
-                limit: limits.tag_count_limit,
-                rule,
-                enforcement: applied.enforcement,
-                warn_at: None,
-                digest: None,
-                platform: None,
-            });
-        }
+        applied.judge(&mut part, counted, limits.tag_count_limit, || Finding {
+            repository: name.clone(),
+            tag: None,
+            kind: Kind::TagCount,
+            measured: counted,
+            limit: limits.tag_count_limit,
+            rule: applied.rule.clone(),
+            enforcement: Some(applied.enforcement),
+            warn_at: None,
+            digest: None,
+            platform: None,
+        });
 
         let name: Arc<str> = name.into();
         let mut pending: JoinSet<Part> = JoinSet::new();
@@ -275,16 +289,16 @@ impl Scan {
             measured,
             limit: applied.max_image_bytes,
             rule: applied.rule.clone(),
-            enforcement: applied.enforcement,
+            enforcement: Some(applied.enforcement),
             warn_at: None,
             digest: Some(digest),
             platform,
         };
         match measured {
             Measured::Image { layer_bytes, .. } => {
-                if layer_bytes > applied.max_image_bytes {
-                    part.violations.push(finding(layer_bytes, digest, None));
-                }
+                applied.judge(&mut part, layer_bytes, applied.max_image_bytes, || {
+                    finding(layer_bytes, digest, None)
+                });
             }
             Measured::Index { .. } => {
                 let mut queue: Vec<(ChildRef, usize)> = index_children(&fetched.body)
@@ -298,13 +312,9 @@ impl Scan {
                         .await;
                     match measured {
                         Ok(Child::Image { bytes }) => {
-                            if bytes > applied.max_image_bytes {
-                                part.violations.push(finding(
-                                    bytes,
-                                    child.digest.clone(),
-                                    child.platform.clone(),
-                                ));
-                            }
+                            applied.judge(&mut part, bytes, applied.max_image_bytes, || {
+                                finding(bytes, child.digest.clone(), child.platform.clone())
+                            });
                         }
                         Ok(Child::Index { children }) if depth < MAX_INDEX_DEPTH => {
                             queue.extend(children.into_iter().map(|c| (c, depth + 1)));

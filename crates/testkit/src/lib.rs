@@ -12,6 +12,8 @@
 //! | [`Stack`] | registry + gateway + Envoy wired together, with a watched config directory |
 //! | [`TokenIssuer`] | a Docker-token server (Harbor's part) for a registry with `auth.token` |
 //! | [`FakeExtProc`] | a recording, policy-free ext_proc server, to test the Envoy config alone |
+//! | [`FaultProxy`] | an HTTP proxy in front of a registry answering chosen paths with a chosen status |
+//! | [`put_manifest_many`], [`mount_layout_blobs_many`] | a registry filled fast: one manifest under many repositories and tags, blobs mounted |
 //! | [`oci_image_layout`], [`oci_index_layout`] | OCI image layouts on disk with layers of exact sizes |
 //! | [`skopeo_copy`], [`skopeo_copy_all`], [`skopeo_inspect_raw`], [`skopeo`] | the real client, with a deadline |
 //! | [`RegistryClient`] | raw registry API calls (blob upload, manifest PUT/GET/DELETE, tag list) |
@@ -33,6 +35,8 @@ mod dockerd;
 mod envoy;
 mod envoy_config;
 mod fake_extproc;
+mod fault_proxy;
+mod fill;
 mod gateway;
 mod http;
 mod metrics;
@@ -56,6 +60,8 @@ pub use dockerd::{CLIENT_TIMEOUT, Dockerd, DockerdOptions, docker_bin, dockerd_b
 pub use envoy::{Envoy, envoy_config_path, substituted_config};
 pub use envoy_config::{EnvoyOptions, RenderError, disable_route_ext_proc, render_envoy_config};
 pub use fake_extproc::{FAKE_DENIAL_MESSAGE, FakeExtProc, SeenStream};
+pub use fault_proxy::FaultProxy;
+pub use fill::{mount_layout_blobs, mount_layout_blobs_many, put_manifest_many};
 pub use gateway::{Gateway, GatewayOptions, Stack, StackOptions, write_credentials_dir};
 pub use http::{HttpReply, RegistryClient, raw_http, sha256_digest};
 pub use metrics::Scrape;

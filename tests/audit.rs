@@ -1,0 +1,501 @@
+//! `registry-gateway audit` through the built binary against a real registry (distribution 2.8)
+//! filled with known contents: images over and under their limits, a multi-arch index with one
+//! oversized platform, a repository with 10,000 tags, nested names, excluded tags, a rule and the
+//! global limits. The JSON violations are asserted exactly, with the exit codes 0, 3 and 1.
+
+use std::process::Output;
+use std::time::Instant;
+
+use registry_gateway_testkit as support;
+use serde_json::{Value, json};
+use support::{
+    FaultProxy, Layout, Registry, RegistryClient, RegistryOptions, mount_layout_blobs_many,
+    oci_image_layout, oci_index_layout, put_manifest_many,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_registry-gateway");
+const KB: u64 = 1024;
+/// Requests in flight while filling the registry.
+const FILL_CONCURRENCY: usize = 16;
+
+const CONFIG: &str = r"max_image_size: 20KB
+tag_count_limit: 5
+rules:
+  - path: ^team-a/.*
+    limit: {max_image_size: 8KB, tag_count_limit: 3}
+  - path: ^many/.*
+    limit: {max_image_size: 1MB, tag_count_limit: 9999}
+  - path: ^signed/.*
+    limit:
+      max_image_size: 20KB
+      tag_count_limit: 2
+      exclude_tags: ['^sha256-[0-9a-f]{64}\.sig$']
+";
+
+/// Limits nothing in the fixture breaks.
+const GENEROUS: &str = "max_image_size: 1GB\ntag_count_limit: 100000\n";
+
+/// Runs the binary with `args` (no `REGISTRY_GATEWAY_*` from the environment) off the runtime.
+async fn audit(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.arg("audit").args(&args);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("REGISTRY_GATEWAY_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.output().expect("the binary runs")
+    })
+    .await
+    .expect("audit task")
+}
+
+fn args(config: &std::path::Path, registry_url: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "--config".to_owned(),
+        config.display().to_string(),
+        "--registry-url".to_owned(),
+        registry_url.to_owned(),
+    ];
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
+    args
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The one JSON document on stdout.
+fn document(out: &Output) -> Value {
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "one JSON line: {stdout}");
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\nstderr: {}", text(&out.stderr)))
+}
+
+fn write_config(dir: &std::path::Path, name: &str, yaml: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, yaml).expect("config");
+    path
+}
+
+/// What the fixture pushed, for the expected violations.
+struct Fixture {
+    big: Layout,
+    nested: Layout,
+    index: Layout,
+}
+
+async fn push(client: &RegistryClient, repo: &str, tag: &str, layout: &Layout) {
+    let reply = client.push_layout(repo, tag, layout).await;
+    assert_eq!(reply.status, 201, "push {repo}:{tag}: {}", reply.text());
+}
+
+async fn fill(registry: &Registry, dir: &std::path::Path) -> Fixture {
+    let client = registry.client();
+    let small = oci_image_layout(&dir.join("small"), &[4 * KB, 2 * KB], 1);
+    let big = oci_image_layout(&dir.join("big"), &[10 * KB], 2);
+    let nested = oci_image_layout(&dir.join("nested"), &[25 * KB], 3);
+    let index = oci_index_layout(&dir.join("index"), &[&[5 * KB], &[30 * KB]]);
+
+    for tag in ["v1", "v2", "v4"] {
+        push(&client, "team-a/app", tag, &small).await;
+    }
+    push(&client, "team-a/app", "v3", &big).await;
+    for tag in ["latest", "stable"] {
+        push(&client, "multi/arch", tag, &index).await;
+    }
+    push(&client, "a/b/c/d", "v1", &nested).await;
+    let signature_tag = format!("sha256-{}.sig", "a".repeat(64));
+    for tag in ["v1", "v2", signature_tag.as_str()] {
+        push(&client, "signed/app", tag, &small).await;
+    }
+    push(&client, "clean/app", "v1", &small).await;
+
+    // 10,000 tags of one manifest: its blobs once, then raw PUTs of the same bytes.
+    push(&client, "many/tags", "t00000", &small).await;
+    let tags = (1..10_000).map(|i| ("many/tags".to_owned(), format!("t{i:05}")));
+    put_manifest_many(
+        &client,
+        tags,
+        &small.media_type,
+        &small.manifest,
+        FILL_CONCURRENCY,
+    )
+    .await;
+    Fixture { big, nested, index }
+}
+
+fn violation(
+    repository: &str,
+    tag: Option<&str>,
+    kind: &str,
+    (measured, limit): (u64, u64),
+    rule: Option<(u64, &str)>,
+    digest: Option<&str>,
+    platform: Option<&str>,
+) -> Value {
+    json!({
+        "repository": repository,
+        "tag": tag,
+        "kind": kind,
+        "measured": measured,
+        "limit": limit,
+        "rule": rule.map(|(index, path)| json!({"index": index, "path": path})),
+        "digest": digest,
+        "platform": platform,
+    })
+}
+
+/// Violations without fields another build may add (`enforcement`), for exact comparison.
+fn core_fields(document: &Value) -> Vec<Value> {
+    document["violations"]
+        .as_array()
+        .expect("violations")
+        .iter()
+        .map(|v| {
+            let mut v = v.clone();
+            if let Some(object) = v.as_object_mut() {
+                object.remove("enforcement");
+            }
+            v
+        })
+        .collect()
+}
+
+fn expected(fixture: &Fixture) -> Vec<Value> {
+    let arm64 = &fixture.index.images[1];
+    vec![
+        violation(
+            "a/b/c/d",
+            Some("v1"),
+            "image_size",
+            (25 * KB, 20 * KB),
+            None,
+            Some(&fixture.nested.digest),
+            None,
+        ),
+        violation(
+            "many/tags",
+            None,
+            "tag_count",
+            (10_000, 9999),
+            Some((1, "^many/.*")),
+            None,
+            None,
+        ),
+        violation(
+            "multi/arch",
+            Some("latest"),
+            "image_size",
+            (30 * KB, 20 * KB),
+            None,
+            Some(&arm64.digest),
+            Some("linux/arm64"),
+        ),
+        violation(
+            "multi/arch",
+            Some("stable"),
+            "image_size",
+            (30 * KB, 20 * KB),
+            None,
+            Some(&arm64.digest),
+            Some("linux/arm64"),
+        ),
+        violation(
+            "team-a/app",
+            Some("v3"),
+            "image_size",
+            (10 * KB, 8 * KB),
+            Some((0, "^team-a/.*")),
+            Some(&fixture.big.digest),
+            None,
+        ),
+        violation(
+            "team-a/app",
+            None,
+            "tag_count",
+            (4, 3),
+            Some((0, "^team-a/.*")),
+            None,
+            None,
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_lists_every_violation_exactly_and_exits_3() {
+    let registry = Registry::start(RegistryOptions::open()).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let started = Instant::now();
+    let fixture = fill(&registry, dir.path()).await;
+    eprintln!("filled the registry in {:?}", started.elapsed());
+    let config = write_config(dir.path(), "config.yaml", CONFIG);
+    let generous = write_config(dir.path(), "generous.yaml", GENEROUS);
+    let url = registry.url();
+
+    // Two repositories a catalog page: every page is followed through its Link header.
+    let started = Instant::now();
+    let out = audit(args(&config, &url, &["--json", "--catalog-page-size", "2"])).await;
+    eprintln!("audited in {:?}", started.elapsed());
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let doc = document(&out);
+    assert_eq!(core_fields(&doc), expected(&fixture), "{doc}");
+    assert_eq!(doc["repositories_scanned"], 6, "{doc}");
+    assert_eq!(doc["tags_scanned"], 4 + 2 + 1 + 10_000 + 3 + 1, "{doc}");
+    assert_eq!(doc["errors"], json!([]));
+    assert_eq!(doc["complete"], true);
+    let catalog_pages = registry.count_requests("GET", "/v2/_catalog");
+    assert!(catalog_pages >= 3, "{catalog_pages} catalog pages read");
+    // The index's children are read once each, whatever the number of tags naming them.
+    for child in &fixture.index.images {
+        let path = format!("/v2/multi/arch/manifests/{}", child.digest);
+        assert_eq!(registry.count_requests("GET", &path), 1, "{path}");
+    }
+    // signed/app holds 3 tags against a limit of 2, one of them excluded: no violation.
+    assert!(!doc.to_string().contains("signed/app"), "{doc}");
+
+    // --repository filters by regex.
+    let out = audit(args(&config, &url, &["--json", "--repository", "^team-a/"])).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let doc = document(&out);
+    let team: Vec<Value> = expected(&fixture)
+        .into_iter()
+        .filter(|v| v["repository"] == "team-a/app")
+        .collect();
+    assert_eq!(core_fields(&doc), team);
+    assert_eq!(doc["repositories_scanned"], 1);
+    assert_eq!(doc["tags_scanned"], 4);
+
+    // The table, by default.
+    let out = audit(args(&config, &url, &["--repository", "^(team-a|multi)/"])).await;
+    assert_eq!(out.status.code(), Some(3));
+    let table = text(&out.stdout);
+    assert!(table.starts_with("REPOSITORY"), "{table}");
+    for fragment in [
+        "team-a/app  v3",
+        "10240 bytes (10KB)",
+        "8192 bytes (8KB)",
+        "rule 0 (^team-a/.*)",
+        "4 tags",
+        "linux/arm64",
+        "global",
+        "audited 2 repositories and 6 tags: 4 violations",
+    ] {
+        assert!(table.contains(fragment), "`{fragment}` missing:\n{table}");
+    }
+
+    // Within generous limits: nothing to report, exit 0.
+    let out = audit(args(&generous, &url, &["--json", "--concurrency", "4"])).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let doc = document(&out);
+    assert_eq!(doc["violations"], json!([]));
+    assert_eq!(doc["repositories_scanned"], 6);
+
+    // A small fake proxy in front of the real registry answers 500 to one repository's tag
+    // list (a real registry cannot be made to fail on demand): that repository is an error,
+    // retried first, the others are still audited, and the exit code says incomplete.
+    let proxy = FaultProxy::start(&url, &[("/v2/clean/app/tags/list", 500)]).await;
+    let out = audit(args(&config, &proxy.url(), &["--json"])).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let doc = document(&out);
+    assert_eq!(
+        doc["errors"],
+        json!([{"repository": "clean/app", "tag": null, "cause": "tag list: HTTP 500 (after 4 attempts)"}])
+    );
+    assert_eq!(proxy.injected(), 4, "the first attempt and three retries");
+    assert_eq!(
+        core_fields(&doc),
+        expected(&fixture),
+        "violations still listed"
+    );
+    assert_eq!(doc["repositories_scanned"], 5);
+    assert_eq!(doc["complete"], false);
+    assert!(
+        text(&out.stderr).contains("incomplete"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warn_at_flags_what_reached_its_share_and_violations_carry_their_enforcement() {
+    let registry = Registry::start(RegistryOptions::open()).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let client = registry.client();
+    let near = oci_image_layout(&dir.path().join("near"), &[9 * KB], 11);
+    let over = oci_image_layout(&dir.path().join("over"), &[12 * KB], 12);
+    for tag in ["a", "b", "c", "d"] {
+        push(&client, "soft/app", tag, &near).await;
+    }
+    push(&client, "soon/app", "big", &over).await;
+    let config = write_config(
+        dir.path(),
+        "config.yaml",
+        "max_image_size: 10KB\ntag_count_limit: 5\nwarn_at: 80%\nrules:\n  - path: ^soon/.*\n    limit: {max_image_size: 10KB, tag_count_limit: 5, enforcement: warn}\n",
+    );
+    let out = audit(args(&config, &registry.url(), &["--json"])).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    let doc = document(&out);
+    let mut big = violation(
+        "soon/app",
+        Some("big"),
+        "image_size",
+        (12 * KB, 10 * KB),
+        Some((0, "^soon/.*")),
+        Some(&over.digest),
+        None,
+    );
+    big["enforcement"] = json!("warn");
+    assert_eq!(doc["violations"], json!([big]), "{doc}");
+    // 9KB of 10KB and 4 of 5 tags reach 80% without breaking the limit: warnings, one per
+    // tag for the size.
+    let mut warnings = Vec::new();
+    for tag in ["a", "b", "c", "d"] {
+        let mut w = violation(
+            "soft/app",
+            Some(tag),
+            "image_size",
+            (9 * KB, 10 * KB),
+            None,
+            Some(&near.digest),
+            None,
+        );
+        w["enforcement"] = json!("enforce");
+        w["warn_at"] = json!("80%");
+        warnings.push(w);
+    }
+    let mut count = violation("soft/app", None, "tag_count", (4, 5), None, None, None);
+    count["enforcement"] = json!("enforce");
+    count["warn_at"] = json!("80%");
+    warnings.push(count);
+    assert_eq!(doc["warnings"], json!(warnings), "{doc}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_registry_exits_1_with_the_catalog_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path(), "config.yaml", CONFIG);
+    // A port that was free a moment ago: nothing listens there.
+    let url = format!("http://127.0.0.1:{}", support::free_port());
+    let out = audit(args(&config, &url, &["--json"])).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let doc = document(&out);
+    let errors = doc["errors"].as_array().expect("errors");
+    assert_eq!(errors.len(), 1, "{doc}");
+    assert!(errors[0]["repository"].is_null());
+    let cause = errors[0]["cause"].as_str().expect("cause");
+    assert!(
+        cause.starts_with("catalog page 1: the registry could not be reached")
+            && cause.ends_with("(after 4 attempts)"),
+        "{cause}"
+    );
+    assert_eq!(doc["repositories_scanned"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_line_mistakes_are_explained() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = write_config(dir.path(), "config.yaml", CONFIG);
+    let url = "http://127.0.0.1:9";
+    let cases: [(Vec<String>, i32, &str); 5] = [
+        (
+            args(&config, url, &["--repository", "team/("]),
+            2,
+            "invalid value 'team/(' for '--repository <REGEX>': not a valid regex",
+        ),
+        (
+            args(&config, url, &["--concurrency", "0"]),
+            2,
+            "must be from 1 to 64",
+        ),
+        (
+            args(&dir.path().join("missing.yaml"), url, &[]),
+            1,
+            "cannot read the configuration",
+        ),
+        (
+            args(
+                &write_config(dir.path(), "bad.yaml", "max_image_size: 10XB\n"),
+                url,
+                &[],
+            ),
+            1,
+            "unknown unit `XB`",
+        ),
+        (
+            vec!["--config".into(), config.display().to_string()],
+            2,
+            "--registry-url <REGISTRY_URL>",
+        ),
+    ];
+    for (argv, code, fragment) in cases {
+        let out = audit(argv.clone()).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{argv:?}: {stderr}");
+        assert!(
+            stderr.contains(fragment),
+            "{argv:?}: `{fragment}` in {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{argv:?}: nothing on stdout");
+    }
+}
+
+/// The performance target: 1,000 repositories of 20 tags audited in under 60 s and 64 MiB of
+/// RSS. Run on purpose (it fills a registry with 20,000 manifests first):
+/// `cargo test --release --test audit -- --ignored --nocapture`. The figures go in
+/// `docs/audit.md`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: minutes of filling, run it on purpose"]
+async fn a_thousand_repositories_of_twenty_tags_are_audited_within_budget() {
+    let registry = Registry::start(RegistryOptions::open()).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let client = registry.client();
+    let image = oci_image_layout(&dir.path().join("image"), &[4 * KB, 2 * KB], 7);
+    push(&client, "seed/base", "v0", &image).await;
+    let repos: Vec<String> = (0..1000).map(|i| format!("scale/repo-{i:04}")).collect();
+    let started = Instant::now();
+    mount_layout_blobs_many(&client, &repos, "seed/base", &image, FILL_CONCURRENCY).await;
+    let targets = repos
+        .iter()
+        .flat_map(|repo| (0..20).map(move |t| (repo.clone(), format!("v{t:02}"))));
+    put_manifest_many(
+        &client,
+        targets,
+        &image.media_type,
+        &image.manifest,
+        FILL_CONCURRENCY,
+    )
+    .await;
+    eprintln!("filled 1,000 x 20 in {:?}", started.elapsed());
+
+    let config = write_config(dir.path(), "config.yaml", GENEROUS);
+    let mut argv = vec![
+        "-f".to_owned(),
+        "%e %M".to_owned(),
+        BIN.to_owned(),
+        "audit".to_owned(),
+    ];
+    argv.extend(args(&config, &registry.url(), &["--json"]));
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("/usr/bin/time")
+            .args(&argv)
+            .output()
+            .expect("/usr/bin/time runs")
+    })
+    .await
+    .expect("task");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let doc = document(&out);
+    assert_eq!(doc["repositories_scanned"], 1001);
+    assert_eq!(doc["tags_scanned"], 20_001);
+    let stderr = text(&out.stderr);
+    let figures = stderr.lines().last().unwrap_or_default();
+    let mut parts = figures.split_whitespace();
+    let seconds: f64 = parts.next().and_then(|s| s.parse().ok()).expect("elapsed");
+    let kib: u64 = parts.next().and_then(|s| s.parse().ok()).expect("max RSS");
+    eprintln!("audit of 1,001 repositories, 20,001 tags: {seconds} s, max RSS {kib} KiB");
+    assert!(seconds < 60.0, "{seconds} s");
+    assert!(kib < 64 * 1024, "{kib} KiB");
+}
