@@ -127,12 +127,37 @@ async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool
     }
 }
 
+/// A temporary directory holding the file `name` with `text`, and that file's path.
+fn config_file(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).expect("write");
+    (dir, path)
+}
+
+/// Waits (bounded) until `/status` reports an error, and returns its text.
+async fn reported_error(status: &SharedStatus, what: &str) -> String {
+    eventually(DEADLINE, what, || {
+        status.lock().expect("status").last_error.is_some()
+    })
+    .await;
+    status
+        .lock()
+        .expect("status")
+        .last_error
+        .clone()
+        .unwrap_or_default()
+}
+
+/// The applied and unchanged reload counts.
+fn reload_counts(metrics: &Metrics) -> (u64, u64) {
+    (reloads(metrics, "applied"), reloads(metrics, "unchanged"))
+}
+
 #[tokio::test]
 async fn an_in_place_write_applies_within_one_second() {
     let _log = tracing_guard();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("config.yaml");
-    std::fs::write(&path, seed(20)).expect("write");
+    let (_dir, path) = config_file("config.yaml", &seed(20));
     let mut running = start(&path, watcher_only());
     assert_eq!(project1_bytes(&running.snapshots.borrow()), 20 * MB);
 
@@ -152,9 +177,7 @@ async fn an_in_place_write_applies_within_one_second() {
 #[tokio::test]
 async fn a_rename_over_the_file_applies_within_one_second() {
     let _log = tracing_guard();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("config.yaml");
-    std::fs::write(&path, seed(20)).expect("write");
+    let (dir, path) = config_file("config.yaml", &seed(20));
     let mut running = start(&path, watcher_only());
 
     // Twice: the second rename replaces the inode the first one brought in, so a watch on the
@@ -288,9 +311,7 @@ async fn a_configmap_key_file_behind_data_applies_within_one_second() {
 #[tokio::test]
 async fn a_configmap_manifest_file_applies_within_one_second() {
     let _log = tracing_guard();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("configmap.yaml");
-    std::fs::write(&path, seed_manifest(20)).expect("write");
+    let (dir, path) = config_file("configmap.yaml", &seed_manifest(20));
     let mut running = start(&path, watcher_only());
     assert_eq!(project1_bytes(&running.snapshots.borrow()), 20 * MB);
 
@@ -313,25 +334,14 @@ async fn a_configmap_manifest_file_applies_within_one_second() {
 #[tokio::test]
 async fn an_invalid_edit_keeps_the_old_limits_until_a_valid_one_applies() {
     let _log = tracing_guard();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("config.yaml");
-    std::fs::write(&path, seed(20)).expect("write");
+    let (_dir, path) = config_file("config.yaml", &seed(20));
     let mut running = start(&path, watcher_only());
     let loaded_at = running.snapshots.borrow().loaded_at;
 
     // Line 2 has an unknown unit.
     std::fs::write(&path, "max_image_size: 100MB\ntag_count_limit: 10XB\n").expect("break it");
     let status = Arc::clone(&running.status);
-    eventually(DEADLINE, "the invalid edit is reported", || {
-        status.lock().expect("status").last_error.is_some()
-    })
-    .await;
-    let error = status
-        .lock()
-        .expect("status")
-        .last_error
-        .clone()
-        .unwrap_or_default();
+    let error = reported_error(&status, "the invalid edit is reported").await;
     assert!(
         error.contains("config.yaml:2:18: tag_count_limit"),
         "{error}"
@@ -373,16 +383,7 @@ async fn an_invalid_configmap_swap_keeps_the_old_limits() {
     keys[0].1 = "lots".to_owned();
     volume.update(&keys);
     let status = Arc::clone(&running.status);
-    eventually(DEADLINE, "the invalid swap is reported", || {
-        status.lock().expect("status").last_error.is_some()
-    })
-    .await;
-    let error = status
-        .lock()
-        .expect("status")
-        .last_error
-        .clone()
-        .unwrap_or_default();
+    let error = reported_error(&status, "the invalid swap is reported").await;
     assert!(
         error.contains("max_image_size:1:1: max_image_size: unknown unit `lots`"),
         "{error}"
@@ -403,9 +404,7 @@ async fn an_invalid_configmap_swap_keeps_the_old_limits() {
 #[tokio::test]
 async fn rewriting_identical_contents_does_not_bump_the_version_nor_loop() {
     let _log = tracing_guard();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("config.yaml");
-    std::fs::write(&path, seed(20)).expect("write");
+    let (_dir, path) = config_file("config.yaml", &seed(20));
     let debounce = Duration::from_millis(20);
     let running = start(
         &path,
@@ -482,15 +481,9 @@ async fn reads_of_a_configmap_mount_do_not_feed_themselves_either() {
             "swap with a short debounce",
         )
         .await;
-        let before = (
-            reloads(&running.metrics, "applied"),
-            reloads(&running.metrics, "unchanged"),
-        );
+        let before = reload_counts(&running.metrics);
         tokio::time::sleep(debounce * 15).await;
-        let after = (
-            reloads(&running.metrics, "applied"),
-            reloads(&running.metrics, "unchanged"),
-        );
+        let after = reload_counts(&running.metrics);
         assert_eq!(before, after, "key file {key_file}: reads feed themselves");
         assert_eq!(running.snapshots.borrow().version, 2);
     }
@@ -499,9 +492,7 @@ async fn reads_of_a_configmap_mount_do_not_feed_themselves_either() {
 #[tokio::test]
 async fn a_burst_of_writes_applies_once_with_the_last_contents() {
     let _log = tracing_guard();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("config.yaml");
-    std::fs::write(&path, seed(20)).expect("write");
+    let (_dir, path) = config_file("config.yaml", &seed(20));
     let mut running = start(&path, watcher_only());
 
     for mb in 21..=30 {
@@ -518,13 +509,10 @@ async fn a_burst_of_writes_applies_once_with_the_last_contents() {
 
 #[tokio::test]
 async fn an_invalid_config_at_start_up_is_an_error_with_its_location() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("config.yaml");
-    std::fs::write(
-        &path,
+    let (dir, path) = config_file(
+        "config.yaml",
         "rules:\n  - path: ^a/.*\n    limit:\n      max_image_size: 1MB\n",
-    )
-    .expect("write");
+    );
     let error = reload::load_initial(&path).expect_err("invalid");
     let text = error.to_string();
     assert!(
@@ -537,9 +525,7 @@ async fn an_invalid_config_at_start_up_is_an_error_with_its_location() {
 #[tokio::test]
 async fn shutting_down_stops_reloading_and_closes_the_channel() {
     let _log = tracing_guard();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("config.yaml");
-    std::fs::write(&path, seed(20)).expect("write");
+    let (_dir, path) = config_file("config.yaml", &seed(20));
     let Running {
         mut snapshots,
         _handle: handle,
