@@ -160,17 +160,21 @@ pub enum Decided {
     Tally { allowed: bool, tally: Tally },
 }
 
-/// The keys of one repository under one exclusion list.
-#[derive(Clone, Debug)]
-pub struct RepoKeys {
-    confirmed: String,
-    meta: String,
-    reservations: String,
-    doubts: String,
-    rereads: String,
-    journal: String,
-    lock: String,
+/// One of a repository's keys; each script names the ones it reads, in the order of its `KEYS`.
+#[derive(Clone, Copy, Debug)]
+enum Key {
+    Confirmed,
+    Meta,
+    Reservations,
+    Doubts,
+    Rereads,
+    Journal,
+    Lock,
 }
+
+/// The keys of one repository under one exclusion list, indexed by [`Key`].
+#[derive(Clone, Debug)]
+pub struct RepoKeys([String; 7]);
 
 impl RepoKeys {
     /// `filter` selects which tags count; each list keeps its own confirmed set and record.
@@ -185,15 +189,25 @@ impl RepoKeys {
             .map(|b| format!("{b:02x}"))
             .collect();
         let base = format!("rg:{{{repository}}}");
-        Self {
-            confirmed: format!("{base}:c:{f}"),
-            meta: format!("{base}:m:{f}"),
-            reservations: format!("{base}:r"),
-            doubts: format!("{base}:d"),
-            rereads: format!("{base}:x"),
-            journal: format!("{base}:j:{f}"),
-            lock: format!("{base}:l:{f}"),
+        // In the order of `Key`.
+        Self([
+            format!("{base}:c:{f}"),
+            format!("{base}:m:{f}"),
+            format!("{base}:r"),
+            format!("{base}:d"),
+            format!("{base}:x"),
+            format!("{base}:j:{f}"),
+            format!("{base}:l:{f}"),
+        ])
+    }
+
+    /// `script` ready to run, with `keys` as its `KEYS`.
+    fn invocation<'s>(&self, script: &'s Script, keys: &[Key]) -> redis::ScriptInvocation<'s> {
+        let mut invocation = script.prepare_invoke();
+        for &key in keys {
+            invocation.key(&self.0[key as usize]);
         }
+        invocation
     }
 }
 
@@ -430,13 +444,12 @@ impl SharedBooks {
         reserve: bool,
     ) -> Result<Decided, StoreError> {
         let now = now_ms();
-        let mut invocation = self.decide.prepare_invoke();
+        use Key::*;
+        let mut invocation = keys.invocation(
+            &self.decide,
+            &[Confirmed, Meta, Reservations, Doubts, Rereads],
+        );
         invocation
-            .key(&keys.confirmed)
-            .key(&keys.meta)
-            .key(&keys.reservations)
-            .key(&keys.doubts)
-            .key(&keys.rereads)
             .arg(now)
             .arg(self.trusted_since.load(Ordering::Relaxed))
             .arg(ms(cache_ttl))
@@ -484,14 +497,9 @@ impl SharedBooks {
         lock: Duration,
         reads: &str,
     ) -> Result<Begin, StoreError> {
-        let mut invocation = self.begin.prepare_invoke();
-        invocation
-            .key(&keys.meta)
-            .key(&keys.journal)
-            .key(&keys.lock)
-            .arg(&self.owner)
-            .arg(ms(lock).max(1))
-            .arg(reads);
+        use Key::*;
+        let mut invocation = keys.invocation(&self.begin, &[Meta, Journal, Lock]);
+        invocation.arg(&self.owner).arg(ms(lock).max(1)).arg(reads);
         Ok(match self.run("begin", invocation).await? {
             Value::Int(1) => Begin::Read,
             Value::Int(2) => Begin::Decide,
@@ -507,14 +515,12 @@ impl SharedBooks {
         cache_ttl: Duration,
         tags: &[String],
     ) -> Result<bool, StoreError> {
-        let mut invocation = self.complete.prepare_invoke();
+        use Key::*;
+        let mut invocation = keys.invocation(
+            &self.complete,
+            &[Confirmed, Meta, Doubts, Rereads, Journal, Lock],
+        );
         invocation
-            .key(&keys.confirmed)
-            .key(&keys.meta)
-            .key(&keys.doubts)
-            .key(&keys.rereads)
-            .key(&keys.journal)
-            .key(&keys.lock)
             .arg(&self.owner)
             .arg(now_ms())
             .arg(started_ms)
@@ -535,14 +541,12 @@ impl SharedBooks {
         reserved: &[String],
         tags: &[String],
     ) -> Result<(), StoreError> {
-        let mut invocation = self.settle.prepare_invoke();
+        use Key::*;
+        let mut invocation = keys.invocation(
+            &self.settle,
+            &[Confirmed, Meta, Reservations, Doubts, Rereads, Journal],
+        );
         invocation
-            .key(&keys.confirmed)
-            .key(&keys.meta)
-            .key(&keys.reservations)
-            .key(&keys.doubts)
-            .key(&keys.rereads)
-            .key(&keys.journal)
             .arg(op.as_str())
             .arg(lease)
             .arg(now_ms())
@@ -669,15 +673,7 @@ mod tests {
     #[test]
     fn every_key_of_a_repository_shares_its_hash_slot() {
         let keys = RepoKeys::new("team/app", &TagFilter::default());
-        for key in [
-            &keys.confirmed,
-            &keys.meta,
-            &keys.reservations,
-            &keys.doubts,
-            &keys.rereads,
-            &keys.journal,
-            &keys.lock,
-        ] {
+        for key in &keys.0 {
             assert!(key.starts_with("rg:{team/app}:"), "{key}");
         }
     }
