@@ -67,6 +67,13 @@ async fn start_stack() -> Stack {
     Stack::start_with(options).await
 }
 
+/// A plain stack ([`start_stack`]) and a small image ([`small_image`]).
+async fn plain_stack(seed: u64) -> (Stack, tempfile::TempDir, Layout) {
+    let stack = start_stack().await;
+    let (dir, layout) = small_image(seed);
+    (stack, dir, layout)
+}
+
 /// A small single-image layout (two layers) in a fresh temp dir.
 fn small_image(seed: u64) -> (tempfile::TempDir, Layout) {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -98,6 +105,94 @@ async fn seed_tags(direct: &RegistryClient, repo: &str, layout: &Layout, tags: &
 /// `s0`, `s1`, ... : the seeded tags.
 fn seeds(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("s{i}")).collect()
+}
+
+/// Uploads the layout's blobs into `repo` through `client` and seeds `seeded` tags (`s0`, ...)
+/// straight into the registry through `direct`.
+async fn prepare_repo(
+    client: &RegistryClient,
+    direct: &RegistryClient,
+    repo: &str,
+    layout: &Layout,
+    seeded: usize,
+) {
+    upload_blobs(client, repo, layout).await;
+    seed_tags(direct, repo, layout, &seeds(seeded)).await;
+}
+
+/// The tags of a repository seeded to limit minus one once `tag` joined them, sorted.
+fn seeds_and(tag: &str) -> Vec<String> {
+    let mut tags = seeds(LIMIT - 1);
+    tags.push(tag.to_owned());
+    sorted(tags)
+}
+
+/// The layout's image manifest with its first layer swapped for a blob nobody uploaded: the
+/// registry refuses it (`400 MANIFEST_BLOB_UNKNOWN`).
+fn missing_blob_manifest(layout: &Layout) -> Vec<u8> {
+    let missing = sha256_digest(b"registry-gateway: a blob that was never uploaded");
+    let mut bad: Value = serde_json::from_slice(&layout.manifest).expect("manifest JSON");
+    bad["layers"][0]["digest"] = json!(missing);
+    serde_json::to_vec(&bad).expect("serialises")
+}
+
+/// `n` variants of the manifest (`build-0`, ...), as racing CI builds of one tag would push, and
+/// their pushes as the tag `same`.
+fn same_tag_builds(manifest: &[u8], n: usize) -> (Vec<Vec<u8>>, Batch) {
+    let bodies: Vec<Vec<u8>> = (0..n)
+        .map(|i| variant(manifest, &format!("build-{i}")))
+        .collect();
+    let pushes = bodies
+        .iter()
+        .map(|b| ("same".to_owned(), b.clone()))
+        .collect();
+    (bodies, pushes)
+}
+
+/// PUTs the layout's manifest as `repo:tag` through `client` and asserts it was admitted (201);
+/// `what` names the push in the failure, with the gateway's log.
+async fn put_admitted(
+    client: &RegistryClient,
+    gateway: &Gateway,
+    repo: &str,
+    tag: &str,
+    layout: &Layout,
+    what: &str,
+) {
+    let reply = client
+        .put_manifest(repo, tag, OCI_MANIFEST, &layout.manifest)
+        .await;
+    assert_eq!(
+        reply.status,
+        201,
+        "{what}: {}\ngateway log:\n{}",
+        reply.text(),
+        gateway.log()
+    );
+}
+
+/// Asserts every attempt of a batch was admitted (201); `context` prefixes the failure.
+fn assert_all_admitted(attempts: &[Attempt], gateway: &Gateway, context: &str) {
+    for attempt in attempts {
+        assert_eq!(
+            attempt.reply.status,
+            201,
+            "{context}{}\ngateway log:\n{}",
+            attempt.reply.text(),
+            gateway.log()
+        );
+    }
+}
+
+/// Waits (bounded) until exactly one reservation more than at `before` is held in doubt.
+async fn wait_one_in_doubt(gateway: &Gateway, before: &Scrape, what: &str) {
+    let admin = gateway.admin();
+    eventually(WAIT, what, || async {
+        let now = Scrape::take(&admin).await;
+        let doubted = now.reservations("in_doubt") - before.reservations("in_doubt");
+        if doubted == 1 { Ok(()) } else { Err(doubted) }
+    })
+    .await;
 }
 
 /// The image manifest with an annotation: same blobs, a digest of its own (so a delete by digest
@@ -186,6 +281,9 @@ impl Delta {
 // Concurrent pushes and their checks
 // ---------------------------------------------------------------------------------------------
 
+/// The `(tag, manifest)` PUTs of a concurrent batch.
+type Batch = Vec<(String, Vec<u8>)>;
+
 /// One manifest PUT of a concurrent batch.
 struct Attempt {
     tag: String,
@@ -214,11 +312,7 @@ async fn warm_connections(client: &RegistryClient, n: usize) {
 
 /// Sends every `(tag, manifest)` PUT to `repo` at once (each in its own task, released together
 /// by a barrier) and returns the answers.
-async fn put_concurrently(
-    client: &RegistryClient,
-    repo: &str,
-    pushes: Vec<(String, Vec<u8>)>,
-) -> Vec<Attempt> {
+async fn put_concurrently(client: &RegistryClient, repo: &str, pushes: Batch) -> Vec<Attempt> {
     let barrier = Arc::new(Barrier::new(pushes.len()));
     let mut set = JoinSet::new();
     for (tag, body) in pushes {
@@ -364,19 +458,11 @@ const RAW_PUSHES: usize = 30;
 /// refused with the tag-limit message, the registry lists exactly 5 tags, and the 30 decisions
 /// shared one tag-list fetch. `delay` is how much later than usual the registry answers manifest
 /// PUTs (none for a plain stack). Returns the round's report line.
-async fn raw_round(
-    envoy: &Envoy,
-    gateway: &Gateway,
-    registry: &Registry,
-    layout: &Layout,
-    repo: &str,
-    delay: Option<Duration>,
-) -> String {
-    const SEEDED: usize = 3;
+async fn raw_round(stack: &RoundStack, layout: &Layout, repo: &str) -> String {
+    let (envoy, gateway, registry) = stack.parts();
     let client = envoy.client();
     let admin = gateway.admin();
-    upload_blobs(&client, repo, layout).await;
-    seed_tags(&registry.client(), repo, layout, &seeds(SEEDED)).await;
+    prepare_repo(&client, &registry.client(), repo, layout, SEEDED).await;
     warm_connections(&client, RAW_PUSHES).await;
 
     let before = Scrape::take(&admin).await;
@@ -390,33 +476,10 @@ async fn raw_round(
     // sidecar's.
     let tag_lists = registry.count_requests("GET", &format!("/v2/{repo}/tags/list"));
     let (admitted, refused) = split_outcomes(&attempts, repo, gateway);
-    let listed = sorted(registry.client().list_tags(repo).await);
-    let mut expected = seeds(SEEDED);
-    expected.extend(admitted.iter().cloned());
-    assert_eq!(
-        admitted.len(),
-        LIMIT - SEEDED,
-        "{repo}: admitted {admitted:?}, registry lists {listed:?}\ngateway log:\n{}",
-        gateway.log()
-    );
     assert_eq!(refused, RAW_PUSHES - (LIMIT - SEEDED), "{repo}");
-    assert_eq!(listed, sorted(expected), "{repo}: registry tags");
+    // 30 decisions on a repository the sidecar had never seen: one fetch, shared.
+    let listed = assert_round_filled(stack, repo, &admitted, RAW_PUSHES, &before, &after).await;
     assert_eq!(listed.len(), LIMIT, "{repo}");
-
-    let delta = Delta::between(&before, &after);
-    assert_eq!(
-        delta,
-        Delta {
-            // 30 decisions on a repository the sidecar had never seen: one fetch, shared.
-            fetches: 1,
-            allowed: 2,
-            denied_tag_limit: (RAW_PUSHES - 2) as u64,
-            committed: 2,
-            released: 0,
-            in_doubt: 0,
-        },
-        "{repo}"
-    );
     // One client check (the same anonymous client for all 30) and one full read, both shared.
     assert_eq!(tag_lists, 2, "{repo}: tag-list requests at the registry");
     let peak = peak_in_flight(&attempts);
@@ -431,7 +494,7 @@ async fn raw_round(
         listed.len(),
         (last - first).as_millis()
     );
-    if let Some(delay) = delay {
+    if let Some(delay) = stack.delay() {
         // A refusal answered before `first admitted PUT sent + delay` was decided before either
         // admitted tag could be committed (the registry had not even received them): the count
         // of 5 it was refused at held two reservations.
@@ -463,29 +526,38 @@ async fn raw_round(
 /// fresh repository each, one stack.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_concurrent_new_tags_at_three_of_five_admit_exactly_two_raw_http() {
-    const ROUNDS: usize = 20;
-    let started = Instant::now();
-    let stack = start_stack().await;
-    let (_dir, layout) = small_image(1);
-    let mut report = Vec::new();
-    for round in 0..ROUNDS {
-        let repo = format!("conc/r{round}");
-        let line = raw_round(
-            &stack.envoy,
-            &stack.gateway,
-            &stack.registry,
-            &layout,
-            &repo,
-            None,
-        )
-        .await;
-        report.push(format!("round {round:2}: {line}"));
-    }
-    print_rounds(&report, started);
+    run_rounds(Pusher::RawHttp, 20, None, 1, "conc/r").await;
 }
 
-/// Prints one line per round and the time all rounds took (shown with `--nocapture`).
-fn print_rounds(report: &[String], started: Instant) {
+/// Who pushes in a round: [`raw_round`] or [`skopeo_round`].
+#[derive(Clone, Copy)]
+enum Pusher {
+    RawHttp,
+    Skopeo,
+}
+
+/// `rounds` rounds of `pusher` on one stack (with a registry answering manifest PUTs `delay` late,
+/// if any), a fresh repository `<prefix><round>` each; prints one line per round and the time
+/// all rounds took (shown with `--nocapture`).
+async fn run_rounds(
+    pusher: Pusher,
+    rounds: usize,
+    delay: Option<Duration>,
+    seed: u64,
+    prefix: &str,
+) {
+    let started = Instant::now();
+    let stack = RoundStack::start(delay).await;
+    let (_dir, layout) = small_image(seed);
+    let mut report = Vec::new();
+    for round in 0..rounds {
+        let repo = format!("{prefix}{round}");
+        let line = match pusher {
+            Pusher::RawHttp => raw_round(&stack, &layout, &repo).await,
+            Pusher::Skopeo => skopeo_round(&stack, &layout, &repo).await,
+        };
+        report.push(format!("round {round:2}: {line}"));
+    }
     eprintln!(
         "{}\n{} rounds in {:.1} s",
         report.join("\n"),
@@ -494,62 +566,99 @@ fn print_rounds(report: &[String], started: Instant) {
     );
 }
 
+/// The stack a batch of rounds runs on: the plain one, or one whose registry answers manifest
+/// PUTs late (a [`HoleProxy`] holds them).
+enum RoundStack {
+    Plain(Stack),
+    Slow(ProxiedStack, Duration),
+}
+
+impl RoundStack {
+    async fn start(delay: Option<Duration>) -> RoundStack {
+        match delay {
+            None => RoundStack::Plain(start_stack().await),
+            Some(delay) => RoundStack::Slow(
+                ProxiedStack::start("/manifests/", Hole::Delay(delay)).await,
+                delay,
+            ),
+        }
+    }
+
+    fn parts(&self) -> (&Envoy, &Gateway, &Registry) {
+        match self {
+            RoundStack::Plain(s) => (&s.envoy, &s.gateway, &s.registry),
+            RoundStack::Slow(s, _) => (&s.envoy, &s.gateway, &s.registry),
+        }
+    }
+
+    /// How much later than usual the registry answers manifest PUTs.
+    fn delay(&self) -> Option<Duration> {
+        match self {
+            RoundStack::Plain(_) => None,
+            RoundStack::Slow(_, delay) => Some(*delay),
+        }
+    }
+}
+
+/// Tags seeded into each round's repository, behind the sidecar's back.
+const SEEDED: usize = 3;
+
+/// The checks every round shares, after `pushes` concurrent pushes of distinct new tags into a
+/// repository seeded with [`SEEDED`] tags: exactly the room left was `admitted`, the registry
+/// lists the seeds and those, and the decisions shared one tag-list fetch. Returns the
+/// registry's tags.
+async fn assert_round_filled(
+    stack: &RoundStack,
+    repo: &str,
+    admitted: &[String],
+    pushes: usize,
+    before: &Scrape,
+    after: &Scrape,
+) -> Vec<String> {
+    let (_, gateway, registry) = stack.parts();
+    let listed = sorted(registry.client().list_tags(repo).await);
+    let mut expected = seeds(SEEDED);
+    expected.extend(admitted.iter().cloned());
+    assert_eq!(
+        admitted.len(),
+        LIMIT - SEEDED,
+        "{repo}: admitted {admitted:?}, registry lists {listed:?}\ngateway log:\n{}",
+        gateway.log()
+    );
+    assert_eq!(listed, sorted(expected), "{repo}: registry tags");
+    assert_eq!(
+        Delta::between(before, after),
+        Delta {
+            fetches: 1,
+            allowed: 2,
+            denied_tag_limit: (pushes - 2) as u64,
+            committed: 2,
+            released: 0,
+            in_doubt: 0,
+        },
+        "{repo}"
+    );
+    listed
+}
+
 /// The same 30 raw PUTs against a registry that answers manifest PUTs 1 s late (a relay delays
 /// them): the two admitted pushes sit at the registry, holding reservations only, while the 28
 /// others are decided, so every refusal is counted against reservations rather than stored
 /// tags. 5 rounds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_concurrent_new_tags_into_a_slow_registry_admit_exactly_two_raw_http() {
-    const ROUNDS: usize = 5;
-    let started = Instant::now();
-    let stack = ProxiedStack::start("/manifests/", Hole::Delay(SLOW_REGISTRY)).await;
-    let (_dir, layout) = small_image(10);
-    let mut report = Vec::new();
-    for round in 0..ROUNDS {
-        let repo = format!("conc/slowraw{round}");
-        let line = raw_round(
-            &stack.envoy,
-            &stack.gateway,
-            &stack.registry,
-            &layout,
-            &repo,
-            Some(SLOW_REGISTRY),
-        )
-        .await;
-        report.push(format!("round {round}: {line}"));
-    }
-    print_rounds(&report, started);
-}
-
-/// What one round of concurrent `skopeo copy` processes showed.
-struct SkopeoRound {
-    admitted: Vec<String>,
-    time: Duration,
-    /// Most manifest PUTs of the round in flight at once at Envoy.
-    peak: usize,
-    /// With a delayed registry: refused PUTs that Envoy answered before the first admitted PUT
-    /// could have reached the registry (its start plus the delay), so decided while both
-    /// admitted tags were reservations, not stored tags.
-    refused_while_pending: usize,
+    run_rounds(Pusher::RawHttp, 5, Some(SLOW_REGISTRY), 10, "conc/slowraw").await;
 }
 
 /// One round of [`SKOPEO_COPIES`] concurrent `skopeo copy` processes of distinct new tags into
 /// `repo` (seeded with 3 tags straight into the registry) through `envoy`: exactly 2 succeed, the
 /// others fail with the sidecar's `denied:` message, the registry lists exactly 5 tags, and the
 /// sidecar read the tag list once.
-async fn skopeo_round(
-    envoy: &Envoy,
-    gateway: &Gateway,
-    registry: &Registry,
-    layout: &Layout,
-    repo: &str,
-    delay: Option<Duration>,
-) -> SkopeoRound {
-    const SEEDED: usize = 3;
+async fn skopeo_round(stack: &RoundStack, layout: &Layout, repo: &str) -> String {
+    let (envoy, gateway, registry) = stack.parts();
     let admin = gateway.admin();
     // The blobs exist, so each skopeo checks them (HEAD) and then PUTs its manifest.
-    upload_blobs(&envoy.client(), repo, layout).await;
-    seed_tags(&registry.client(), repo, layout, &seeds(SEEDED)).await;
+    prepare_repo(&envoy.client(), &registry.client(), repo, layout, SEEDED).await;
 
     let before = Scrape::take(&admin).await;
     let started = Instant::now();
@@ -582,30 +691,7 @@ async fn skopeo_round(
         }
     }
     let admitted = sorted(admitted);
-    let listed = sorted(registry.client().list_tags(repo).await);
-    let mut expected = seeds(SEEDED);
-    expected.extend(admitted.iter().cloned());
-    assert_eq!(
-        admitted.len(),
-        LIMIT - SEEDED,
-        "{repo}: skopeo admitted {admitted:?}, registry lists {listed:?}\ngateway log:\n{}",
-        gateway.log()
-    );
-    assert_eq!(listed, sorted(expected), "{repo}: registry tags");
-    let delta = Delta::between(&before, &after);
-    let refused = (SKOPEO_COPIES - (LIMIT - SEEDED)) as u64;
-    assert_eq!(
-        delta,
-        Delta {
-            fetches: 1,
-            allowed: 2,
-            denied_tag_limit: refused,
-            committed: 2,
-            released: 0,
-            in_doubt: 0,
-        },
-        "{repo}"
-    );
+    assert_round_filled(stack, repo, &admitted, SKOPEO_COPIES, &before, &after).await;
 
     // How concurrent skopeo's manifest PUTs really were, from Envoy's access log. One PUT per
     // process: skopeo does not retry a refusal.
@@ -619,7 +705,7 @@ async fn skopeo_round(
     })
     .await;
     assert_eq!(puts.len(), SKOPEO_COPIES, "{repo}: manifest PUTs at Envoy");
-    let refused_while_pending = match delay {
+    let refused_while_pending = match stack.delay() {
         None => 0,
         Some(delay) => {
             let first_admitted = puts
@@ -635,12 +721,23 @@ async fn skopeo_round(
                 .count()
         }
     };
-    SkopeoRound {
-        admitted,
-        time,
-        peak: peak(puts.iter().map(|p| (p.start, p.start + p.duration))),
-        refused_while_pending,
+    let peak = peak(puts.iter().map(|p| (p.start, p.start + p.duration)));
+    let mut line = format!(
+        "admitted {admitted:?}, {SKOPEO_COPIES} skopeo processes in {} ms, at most {peak} manifest PUTs in flight at Envoy",
+        time.as_millis()
+    );
+    if stack.delay().is_some() {
+        assert!(
+            refused_while_pending >= 1,
+            "{repo}: no refusal was decided before the admitted manifests could reach the \
+             registry ({} ms, peak {peak}); nothing concurrent was tested",
+            time.as_millis()
+        );
+        line.push_str(&format!(
+            ", {refused_while_pending} refusals decided while both admitted pushes held only reservations"
+        ));
     }
+    line
 }
 
 /// Concurrent skopeo processes per round. 10, not 30: each is a whole Go process, and the
@@ -653,30 +750,7 @@ const SKOPEO_COPIES: usize = 10;
 /// lists exactly 5 tags.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_concurrent_skopeo_copies_at_three_of_five_admit_exactly_two() {
-    const ROUNDS: usize = 5;
-    let started = Instant::now();
-    let stack = start_stack().await;
-    let (_dir, layout) = small_image(2);
-    let mut report = Vec::new();
-    for round in 0..ROUNDS {
-        let repo = format!("conc/s{round}");
-        let r = skopeo_round(
-            &stack.envoy,
-            &stack.gateway,
-            &stack.registry,
-            &layout,
-            &repo,
-            None,
-        )
-        .await;
-        report.push(format!(
-            "round {round}: admitted {:?}, {SKOPEO_COPIES} skopeo processes in {} ms, at most {} manifest PUTs in flight at Envoy",
-            r.admitted,
-            r.time.as_millis(),
-            r.peak
-        ));
-    }
-    print_rounds(&report, started);
+    run_rounds(Pusher::Skopeo, 5, None, 2, "conc/s").await;
 }
 
 /// skopeo's manifest PUTs against a fast local registry barely overlap (the processes start a few
@@ -688,38 +762,7 @@ async fn ten_concurrent_skopeo_copies_at_three_of_five_admit_exactly_two() {
 /// reached the registry, i.e. against two reservations.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_concurrent_skopeo_copies_into_a_slow_registry_admit_exactly_two() {
-    const ROUNDS: usize = 3;
-    let started = Instant::now();
-    let stack = ProxiedStack::start("/manifests/", Hole::Delay(SLOW_REGISTRY)).await;
-    let (_dir, layout) = small_image(9);
-    let mut report = Vec::new();
-    for round in 0..ROUNDS {
-        let repo = format!("conc/slow{round}");
-        let r = skopeo_round(
-            &stack.envoy,
-            &stack.gateway,
-            &stack.registry,
-            &layout,
-            &repo,
-            Some(SLOW_REGISTRY),
-        )
-        .await;
-        assert!(
-            r.refused_while_pending >= 1,
-            "round {round}: no refusal was decided before the admitted manifests could reach the \
-             registry ({} ms, peak {}); nothing concurrent was tested",
-            r.time.as_millis(),
-            r.peak
-        );
-        report.push(format!(
-            "round {round}: admitted {:?}, {SKOPEO_COPIES} skopeo processes in {} ms, at most {} manifest PUTs in flight at Envoy, {} refusals decided while both admitted pushes held only reservations",
-            r.admitted,
-            r.time.as_millis(),
-            r.peak,
-            r.refused_while_pending
-        ));
-    }
-    print_rounds(&report, started);
+    run_rounds(Pusher::Skopeo, 3, Some(SLOW_REGISTRY), 9, "conc/slow").await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -732,20 +775,13 @@ async fn ten_concurrent_skopeo_copies_into_a_slow_registry_admit_exactly_two() {
 /// pushes in a row leave nothing behind either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_the_registry_refuses_releases_its_slot() {
-    let stack = start_stack().await;
-    let (_dir, layout) = small_image(3);
+    let (stack, _dir, layout) = plain_stack(3).await;
     let client = stack.client();
     let direct = stack.registry_client();
     let admin = stack.gateway.admin();
     let repo = "conc/refused";
-    upload_blobs(&client, repo, &layout).await;
-    seed_tags(&direct, repo, &layout, &seeds(LIMIT - 1)).await;
-
-    // The same image, but its first layer is a blob nobody uploaded.
-    let missing = sha256_digest(b"registry-gateway: a blob that was never uploaded");
-    let mut bad: Value = serde_json::from_slice(&layout.manifest).expect("manifest JSON");
-    bad["layers"][0]["digest"] = json!(missing);
-    let bad = serde_json::to_vec(&bad).expect("serialises");
+    prepare_repo(&client, &direct, repo, &layout, LIMIT - 1).await;
+    let bad = missing_blob_manifest(&layout);
 
     for i in 0..3 {
         let tag = format!("bad{i}");
@@ -784,19 +820,9 @@ async fn a_push_the_registry_refuses_releases_its_slot() {
     }
 
     // No waiting: the slot is free the moment the registry's 400 passed through Envoy.
-    let good = client
-        .put_manifest(repo, "good", OCI_MANIFEST, &layout.manifest)
-        .await;
-    assert_eq!(
-        good.status,
-        201,
-        "the next good push must be admitted at once: {}\ngateway log:\n{}",
-        good.text(),
-        stack.gateway.log()
-    );
-    let mut expected = seeds(LIMIT - 1);
-    expected.push("good".to_owned());
-    assert_eq!(registry_tags(&stack, repo).await, sorted(expected));
+    let what = "the next good push must be admitted at once";
+    put_admitted(&client, &stack.gateway, repo, "good", &layout, what).await;
+    assert_eq!(registry_tags(&stack, repo).await, seeds_and("good"));
 
     // And the count is exact again: at the limit, a further new tag is refused.
     let extra = client
@@ -815,8 +841,7 @@ async fn a_push_the_registry_refuses_releases_its_slot() {
 async fn twenty_concurrent_pushes_of_one_new_tag_at_limit_minus_one_all_succeed() {
     const ROUNDS: usize = 3;
     const PUSHES: usize = 20;
-    let stack = start_stack().await;
-    let (_dir, layout) = small_image(4);
+    let (stack, _dir, layout) = plain_stack(4).await;
     let client = stack.client();
     let direct = stack.registry_client();
     let admin = stack.gateway.admin();
@@ -824,35 +849,19 @@ async fn twenty_concurrent_pushes_of_one_new_tag_at_limit_minus_one_all_succeed(
 
     for round in 0..ROUNDS {
         let repo = format!("conc/same{round}");
-        upload_blobs(&client, &repo, &layout).await;
-        seed_tags(&direct, &repo, &layout, &seeds(LIMIT - 1)).await;
+        prepare_repo(&client, &direct, &repo, &layout, LIMIT - 1).await;
         warm_connections(&client, PUSHES).await;
 
         let before = Scrape::take(&admin).await;
-        let bodies: Vec<Vec<u8>> = (0..PUSHES)
-            .map(|i| variant(&layout.manifest, &format!("build-{i}")))
-            .collect();
-        let pushes = bodies
-            .iter()
-            .map(|b| ("same".to_owned(), b.clone()))
-            .collect();
+        let (bodies, pushes) = same_tag_builds(&layout.manifest, PUSHES);
         let attempts = put_concurrently(&client, &repo, pushes).await;
         let after = Scrape::take(&admin).await;
 
-        for attempt in &attempts {
-            assert_eq!(
-                attempt.reply.status,
-                201,
-                "round {round}: a concurrent push of the same new tag was refused: {}\ngateway log:\n{}",
-                attempt.reply.text(),
-                stack.gateway.log()
-            );
-        }
-        let mut expected = seeds(LIMIT - 1);
-        expected.push("same".to_owned());
+        let context = format!("round {round}: a concurrent push of the same new tag was refused: ");
+        assert_all_admitted(&attempts, &stack.gateway, &context);
         assert_eq!(
             registry_tags(&stack, &repo).await,
-            sorted(expected),
+            seeds_and("same"),
             "round {round}: the count rose by exactly one"
         );
         // The tag names one of the 20 manifests (the registry's last write wins).
@@ -902,18 +911,11 @@ async fn twenty_pending_pushes_of_one_new_tag_hold_one_slot() {
     let client = stack.envoy.client();
     let admin = stack.gateway.admin();
     let repo = "conc/samepending";
-    upload_blobs(&client, repo, &layout).await;
-    seed_tags(&stack.registry.client(), repo, &layout, &seeds(LIMIT - 1)).await;
+    prepare_repo(&client, &stack.registry.client(), repo, &layout, LIMIT - 1).await;
     warm_connections(&client, PUSHES).await;
 
     let before = Scrape::take(&admin).await;
-    let bodies: Vec<Vec<u8>> = (0..PUSHES)
-        .map(|i| variant(&layout.manifest, &format!("build-{i}")))
-        .collect();
-    let pushes = bodies
-        .iter()
-        .map(|b| ("same".to_owned(), b.clone()))
-        .collect();
+    let (_, pushes) = same_tag_builds(&layout.manifest, PUSHES);
     let batch = {
         let client = client.clone();
         tokio::spawn(async move { put_concurrently(&client, repo, pushes).await })
@@ -938,18 +940,8 @@ async fn twenty_pending_pushes_of_one_new_tag_hold_one_slot() {
     assert_tag_limit_denial(&other, repo, "other");
 
     let attempts = batch.await.expect("batch task");
-    for attempt in &attempts {
-        assert_eq!(
-            attempt.reply.status,
-            201,
-            "{}\ngateway log:\n{}",
-            attempt.reply.text(),
-            stack.gateway.log()
-        );
-    }
-    let mut expected = seeds(LIMIT - 1);
-    expected.push("same".to_owned());
-    assert_eq!(stack.tags(repo).await, sorted(expected));
+    assert_all_admitted(&attempts, &stack.gateway, "");
+    assert_eq!(stack.tags(repo).await, seeds_and("same"));
     let delta = Delta::between(&before, &Scrape::take(&admin).await);
     assert_eq!(
         delta,
@@ -982,10 +974,8 @@ async fn twenty_pending_pushes_of_one_new_tag_hold_one_slot() {
 /// removes tags it cannot name). A delete by tag, which distribution 2.8 refuses, frees nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_through_envoy_frees_a_slot_at_once() {
-    let stack = start_stack().await;
-    let (_dir, layout) = small_image(5);
+    let (stack, _dir, layout) = plain_stack(5).await;
     let client = stack.client();
-    let admin = stack.gateway.admin();
     let repo = "conc/delete";
     upload_blobs(&client, repo, &layout).await;
 
@@ -1019,6 +1009,7 @@ async fn a_delete_through_envoy_frees_a_slot_at_once() {
     assert_tag_limit_denial(&still_full, repo, "t5");
 
     // Delete t2's manifest by digest, then push a new tag right away.
+    let admin = stack.gateway.admin();
     let before = Scrape::take(&admin).await;
     let deleted = client.delete_manifest(repo, &digests[2]).await;
     assert_eq!(deleted.status, 202, "{}", deleted.text());
@@ -1231,6 +1222,34 @@ impl ProxiedStack {
         }
     }
 
+    /// [`ProxiedStack::start`] and a small image ([`small_image`]).
+    async fn with_image(
+        marker: &str,
+        hole: Hole,
+        seed: u64,
+    ) -> (ProxiedStack, tempfile::TempDir, Layout) {
+        let stack = ProxiedStack::start(marker, hole).await;
+        let (dir, layout) = small_image(seed);
+        (stack, dir, layout)
+    }
+
+    /// Prepares `repo` at limit minus one ([`prepare_repo`], blobs through Envoy) and returns a
+    /// scrape of the sidecar's metrics taken then.
+    async fn at_limit_minus_one(&self, repo: &str, layout: &Layout) -> Scrape {
+        let (client, direct) = (self.envoy.client(), self.registry.client());
+        prepare_repo(&client, &direct, repo, layout, LIMIT - 1).await;
+        Scrape::take(&self.gateway.admin()).await
+    }
+
+    /// Sends the whole manifest PUT of `repo:tag` to Envoy and waits until the proxy's hole was
+    /// used for it; the request stays open until the stream is dropped.
+    async fn put_into_hole(&self, repo: &str, tag: &str, layout: &Layout) -> TcpStream {
+        let manifest = &layout.manifest;
+        let stream = start_put(self.envoy.addr(), repo, tag, manifest, manifest.len()).await;
+        self.proxy.wait_holed(1).await;
+        stream
+    }
+
     async fn tags(&self, repo: &str) -> Vec<String> {
         sorted(self.registry.client().list_tags(repo).await)
     }
@@ -1272,17 +1291,14 @@ async fn envoy_stat(envoy: &Envoy, name: &str) -> u64 {
 /// the limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_goes_away_mid_push_leaves_no_slot_taken() {
-    let stack = ProxiedStack::start("PUT /v2/conc/hang/manifests/stuck ", Hole::Swallow).await;
-    let (_dir, layout) = small_image(6);
+    let (stack, _dir, layout) =
+        ProxiedStack::with_image("PUT /v2/conc/hang/manifests/stuck ", Hole::Swallow, 6).await;
     let client = stack.envoy.client();
-    let direct = stack.registry.client();
     let admin = stack.gateway.admin();
 
     // --- Headers and half a body, then gone. ---
     let repo = "conc/partial";
-    upload_blobs(&client, repo, &layout).await;
-    seed_tags(&direct, repo, &layout, &seeds(LIMIT - 1)).await;
-    let before = Scrape::take(&admin).await;
+    let before = stack.at_limit_minus_one(repo, &layout).await;
     let started = envoy_stat(&stack.envoy, "http.registry.ext_proc.streams_started").await;
     let closed = envoy_stat(&stack.envoy, "http.registry.ext_proc.streams_closed").await;
     let half = layout.manifest.len() / 2;
@@ -1302,40 +1318,20 @@ async fn a_client_that_goes_away_mid_push_leaves_no_slot_taken() {
         },
     )
     .await;
-    let next = client
-        .put_manifest(repo, "next", OCI_MANIFEST, &layout.manifest)
-        .await;
-    assert_eq!(
-        next.status,
-        201,
-        "the push after an abandoned half-sent one: {}\ngateway log:\n{}",
-        next.text(),
-        stack.gateway.log()
-    );
+    let what = "the push after an abandoned half-sent one";
+    put_admitted(&client, &stack.gateway, repo, "next", &layout, what).await;
     let after = Scrape::take(&admin).await;
     let delta = Delta::between(&before, &after);
     // Only `next` was decided: the half-sent manifest never reached a decision.
     assert_eq!(delta.allowed, 1, "{delta:?}");
     assert_eq!(delta.released, 0, "{delta:?}");
-    let mut expected = seeds(LIMIT - 1);
-    expected.push("next".to_owned());
-    assert_eq!(stack.tags(repo).await, sorted(expected));
+    assert_eq!(stack.tags(repo).await, seeds_and("next"));
 
     // --- Whole manifest admitted, the registry never answers, the client gives up. ---
     let repo = "conc/hang";
-    upload_blobs(&client, repo, &layout).await;
-    seed_tags(&direct, repo, &layout, &seeds(LIMIT - 1)).await;
-    let before = Scrape::take(&admin).await;
-    let stuck = start_put(
-        stack.envoy.addr(),
-        repo,
-        "stuck",
-        &layout.manifest,
-        layout.manifest.len(),
-    )
-    .await;
-    // Admitted by the sidecar and forwarded by Envoy: it reached the (silent) upstream.
-    stack.proxy.wait_holed(1).await;
+    let before = stack.at_limit_minus_one(repo, &layout).await;
+    // Admitted by the sidecar and forwarded by Envoy: it reaches the (silent) upstream.
+    let stuck = stack.put_into_hole(repo, "stuck", &layout).await;
     let held = Scrape::take(&admin).await;
     assert_eq!(Delta::between(&before, &held).allowed, 1);
     // Its reservation holds the last slot while it hangs.
@@ -1347,34 +1343,16 @@ async fn a_client_that_goes_away_mid_push_leaves_no_slot_taken() {
     let gave_up = Instant::now();
     drop(stuck);
     // The registry may still be storing what the client sent: the slot is held in doubt...
-    eventually(
-        WAIT,
-        "the hung push's reservation being held in doubt",
-        || async {
-            let now = Scrape::take(&admin).await;
-            let doubted = now.reservations("in_doubt") - before.reservations("in_doubt");
-            if doubted == 1 { Ok(()) } else { Err(doubted) }
-        },
-    )
-    .await;
+    let what = "the hung push's reservation being held in doubt";
+    wait_one_in_doubt(&stack.gateway, &before, what).await;
     let release_time = gave_up.elapsed();
     // ...until a tag-list read made a grace period later shows it never landed.
     tokio::time::sleep(registry_gateway::check::DOUBT_GRACE).await;
-    let next = client
-        .put_manifest(repo, "next", OCI_MANIFEST, &layout.manifest)
-        .await;
-    assert_eq!(
-        next.status,
-        201,
-        "the push after an abandoned hung one: {}\ngateway log:\n{}",
-        next.text(),
-        stack.gateway.log()
-    );
-    let mut expected = seeds(LIMIT - 1);
-    expected.push("next".to_owned());
+    let what = "the push after an abandoned hung one";
+    put_admitted(&client, &stack.gateway, repo, "next", &layout, what).await;
     assert_eq!(
         stack.tags(repo).await,
-        sorted(expected),
+        seeds_and("next"),
         "`stuck` never stored"
     );
     let over = client
@@ -1414,38 +1392,24 @@ async fn a_client_that_goes_away_mid_push_leaves_no_slot_taken() {
 /// tag exists. The next new tag must still be refused: the registry is at the limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_whose_answer_is_lost_does_not_let_the_next_push_overshoot() {
-    let stack = ProxiedStack::start("PUT /v2/conc/lost/manifests/lost ", Hole::DropAnswer).await;
-    let (_dir, layout) = small_image(7);
+    let (stack, _dir, layout) =
+        ProxiedStack::with_image("PUT /v2/conc/lost/manifests/lost ", Hole::DropAnswer, 7).await;
     let client = stack.envoy.client();
-    let direct = stack.registry.client();
-    let admin = stack.gateway.admin();
     let repo = "conc/lost";
-    upload_blobs(&client, repo, &layout).await;
-    seed_tags(&direct, repo, &layout, &seeds(LIMIT - 1)).await;
-    let before = Scrape::take(&admin).await;
+    let before = stack.at_limit_minus_one(repo, &layout).await;
 
-    let lost = start_put(
-        stack.envoy.addr(),
-        repo,
-        "lost",
-        &layout.manifest,
-        layout.manifest.len(),
-    )
-    .await;
-    stack.proxy.wait_holed(1).await;
-    let mut expected = seeds(LIMIT - 1);
-    expected.push("lost".to_owned());
+    let lost = stack.put_into_hole(repo, "lost", &layout).await;
     assert_eq!(
         stack.tags(repo).await,
-        sorted(expected),
+        seeds_and("lost"),
         "the registry stored the push whose answer was lost"
     );
     drop(lost);
-    eventually(WAIT, "the stream of the lost answer ending", || async {
-        let now = Scrape::take(&admin).await;
-        let doubted = now.reservations("in_doubt") - before.reservations("in_doubt");
-        if doubted == 1 { Ok(()) } else { Err(doubted) }
-    })
+    wait_one_in_doubt(
+        &stack.gateway,
+        &before,
+        "the stream of the lost answer ending",
+    )
     .await;
     // Held in doubt, then read: refused before and after the grace period alike.
     let during = client
@@ -1475,8 +1439,7 @@ async fn a_push_whose_answer_is_lost_does_not_let_the_next_push_overshoot() {
 /// registry refuses gives nothing back, so it must not count a release.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_push_that_reserved_nothing_counts_no_release() {
-    let stack = start_stack().await;
-    let (_dir, layout) = small_image(8);
+    let (stack, _dir, layout) = plain_stack(8).await;
     let client = stack.client();
     let admin = stack.gateway.admin();
     let repo = "conc/metrics";
@@ -1486,10 +1449,7 @@ async fn a_refused_push_that_reserved_nothing_counts_no_release() {
         .await;
     assert_eq!(pushed.status, 201, "{}", pushed.text());
 
-    let missing = sha256_digest(b"registry-gateway: a blob that was never uploaded");
-    let mut bad: Value = serde_json::from_slice(&layout.manifest).expect("manifest JSON");
-    bad["layers"][0]["digest"] = json!(missing);
-    let bad = serde_json::to_vec(&bad).expect("serialises");
+    let bad = missing_blob_manifest(&layout);
     let bad_digest = sha256_digest(&bad);
 
     let before = Scrape::take(&admin).await;
