@@ -1946,8 +1946,14 @@ def check_gateway_api() -> None:
           "Envoy Gateway's default buffer is 32 KiB)")
     check(all(dig(d, "spec", "requestBuffer", "mode") == "LimitOnly" for d in btps if dig(d, "spec", "requestBuffer")),
           f"{name}: requestBuffer mode LimitOnly (ext_proc buffers; the gateway does not buffer on its own)")
-    check(not any(("HTTPRoute", "registry") in targets(d) for d in btps + eeps),
+    check(not any(("HTTPRoute", "registry") in targets(d) for d in eeps)
+          and not any(("HTTPRoute", "registry") in targets(d) and dig(d, "spec", "requestBuffer") for d in btps),
           f"{name}: nothing buffers or calls the sidecar on the catch-all route")
+    for route in ("registry-writes", "registry"):
+        cbs = [dig(d, "spec", "circuitBreaker", default={}) for d in btps if ("HTTPRoute", route) in targets(d)]
+        keys = ("maxConnections", "maxPendingRequests", "maxParallelRequests")
+        check(len(cbs) == 1 and all(isinstance(cbs[0].get(k), int) and cbs[0][k] >= 10000 for k in keys),
+              f"{name}: a BackendTrafficPolicy on {route} raises the circuit breakers to 10,000 ({cbs})")
     print("    note: Envoy Gateway's extProc has no forward_rules; every request header reaches the sidecar there "
           "(ext-proc.yaml says so)")
 
