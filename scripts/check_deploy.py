@@ -2,17 +2,22 @@
 """The checks behind scripts/check-deploy (run that script, which installs the tools first).
 
 Validates every shipped deployment file without a Docker engine or a cluster:
-  - Envoy: `envoy --mode validate` on envoy/*.yaml, the in-pod copies of deploy/kubernetes, and
-    bootstraps assembled from the Envoy fragments of envoy/istio/*.yaml; the copies and the
-    ext_authz variant must not drift from envoy/envoy.yaml; the knobs the design relies on.
+  - Envoy: `envoy --mode validate` on envoy/*.yaml (as shipped, and as the end-to-end tests run
+    them: rendered by the test kit's own rewrite, the `render-envoy` binary), the in-pod copies
+    of deploy/kubernetes, and bootstraps assembled from the Envoy fragments of envoy/istio/*.yaml;
+    the copies and the ext_authz variant must not drift from envoy/envoy.yaml; the knobs the
+    design relies on; the hardening (circuit breakers sized on the connection ceiling, deadlines
+    on the manifest routes only, HTTP/2 limits, the overload manager on the heap).
   - docker-compose.yml: `docker-compose config` passes; Envoy mounts envoy/envoy.yaml itself;
     the sidecar's config is a file inside a mounted directory; host names match envoy.yaml.
   - docker-compose.yml `ha` profile: one Valkey/Redis 7+, two gateway+Envoy pairs with the same
     `--state redis://<store>`, each Envoy on its own port reaching its own sidecar; the default
     profile stays one pair in memory mode.
-  - Kubernetes: `kubectl kustomize` of the base, the Harbor overlay and the Valkey overlay render,
-    parse, and name what they must (containers, probes, resources, non-root, grpc- port,
-    ConfigMap, Secret); high availability: replicas >= 3, RollingUpdate with maxUnavailable 0, a
+  - Kubernetes: `kubectl kustomize` of the base, the Harbor, Valkey and mesh overlays render,
+    parse, and name what they must (containers, probes, resources, non-root,
+    ConfigMap, Secret); the sidecar's gRPC port on loopback (overlays/mesh: open to named
+    namespaces only) and the NetworkPolicies; Envoy's heap budget within its memory limit; high
+    availability: replicas >= 3, RollingUpdate with maxUnavailable 0, a
     PodDisruptionBudget selecting the pods, topology spread over nodes and zones, the termination
     timeline (Envoy drains, the sidecar outlives it, the grace period covers both), the state URL
     from Secret registry-gateway-state with no password in it or in the pod spec; the Valkey

@@ -676,6 +676,42 @@ async fn a_manifest_put_with_trailers_over_http2_is_stored() {
     );
 }
 
+/// A manifest near distribution's 4 MiB cap over HTTP/2, through flow-control windows of 1 MiB
+/// per stream (the listener's `initial_stream_window_size`): Envoy keeps reading into the 5 MiB
+/// buffer of the manifest route, so the whole manifest reaches the sidecar and the registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_of_nearly_4_mib_over_http2_is_stored() {
+    let stack = Stack::start(LIMITS).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let layout = oci_image_layout(dir.path(), &[1024], 6);
+    upload_image_blobs(&stack.client(), "big/app", &layout).await;
+    let mut manifest: Value = serde_json::from_slice(&layout.manifest).expect("manifest JSON");
+    let pad = 4 * 1024 * 1024 - 64 * 1024 - layout.manifest.len();
+    manifest["annotations"] = serde_json::json!({ "org.example.pad": "x".repeat(pad) });
+    let body = serde_json::to_vec(&manifest).expect("JSON");
+    assert!(body.len() > 3 * 1024 * 1024 + 512 * 1024 && body.len() < 4 * 1024 * 1024);
+    let authority = stack.envoy.addr().to_string();
+    let answer = h2::request(
+        stack.envoy.addr(),
+        &[
+            (":method", "PUT"),
+            (":scheme", "http"),
+            (":authority", &authority),
+            (":path", "/v2/big/app/manifests/v1"),
+            ("content-type", OCI_MANIFEST),
+        ],
+        &body,
+        &[],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(answer.status(), Some(201), "{}", answer.text());
+    assert_eq!(
+        stack.client().get_manifest("big/app", "v1").await.body,
+        body
+    );
+}
+
 // --- Slow clients ----------------------------------------------------------------------------
 
 /// The route of the rendered config named `name`.

@@ -1,7 +1,8 @@
 //! A minimal HTTP/2 client (prior knowledge, cleartext, one request per connection) that can send
 //! request trailers, which no HTTP client among the workspace's dependencies exposes. It speaks
 //! just enough of RFC 9113: the preface, SETTINGS and PING acknowledgements, one stream with
-//! HEADERS, DATA and trailing HEADERS, and the answer's `:status` and body. Header blocks are
+//! HEADERS, DATA (within the peer's flow-control windows) and trailing HEADERS, and the answer's
+//! `:status` and body. Header blocks are
 //! encoded as HPACK literals without indexing and without Huffman coding; of the answer's
 //! header block only the leading `:status` is decoded.
 
@@ -18,13 +19,14 @@ const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
+const WINDOW_UPDATE: u8 = 0x8;
 const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 const ACK: u8 = 0x1;
 /// The default SETTINGS_MAX_FRAME_SIZE, which every peer accepts.
 const MAX_FRAME: usize = 16_384;
-/// The default initial flow-control window: bodies up to it need no WINDOW_UPDATE.
-pub(crate) const DEFAULT_WINDOW: usize = 65_535;
+/// The initial flow-control window of a connection and of a stream, until SETTINGS change it.
+const DEFAULT_WINDOW: i64 = 65_535;
 
 /// How one HTTP/2 request ended.
 #[derive(Debug)]
@@ -55,7 +57,7 @@ impl H2Answer {
 }
 
 /// Sends one request on a fresh HTTP/2 connection to `addr`: `headers` (pseudo-headers first,
-/// names lower-case), then `body` in DATA frames (at most [`DEFAULT_WINDOW`] bytes), then
+/// names lower-case), then `body` in DATA frames as the peer's flow-control windows allow, then
 /// `trailers` as a final HEADERS frame with END_STREAM (none: the last DATA frame ends the
 /// stream). Bounded by `timeout` overall.
 pub(crate) async fn request(
@@ -65,13 +67,121 @@ pub(crate) async fn request(
     trailers: &[(&str, &str)],
     timeout: Duration,
 ) -> H2Answer {
-    assert!(
-        body.len() <= DEFAULT_WINDOW,
-        "this client does no flow control: bodies up to {DEFAULT_WINDOW} bytes"
-    );
     tokio::time::timeout(timeout, exchange(addr, headers, body, trailers))
         .await
         .unwrap_or_else(|_| H2Answer::Closed(format!("no answer within {timeout:?}")))
+}
+
+/// The one stream's state on its connection.
+struct Exchange {
+    sock: TcpStream,
+    /// What this client may still send (RFC 9113 6.9): the connection's and the stream's window.
+    conn_window: i64,
+    stream_window: i64,
+    initial_window: i64,
+    status: Option<u16>,
+    answer: Vec<u8>,
+    /// Set once the exchange is over: the stream ended, was reset, or the connection closed.
+    outcome: Option<H2Answer>,
+}
+
+const STREAM: u32 = 1;
+
+impl Exchange {
+    async fn send(&mut self, bytes: &[u8]) -> bool {
+        if let Err(e) = self.sock.write_all(bytes).await {
+            self.outcome = Some(H2Answer::Closed(format!("write: {e}")));
+            return false;
+        }
+        true
+    }
+
+    /// Reads and handles one frame.
+    async fn read_frame(&mut self) {
+        let mut head = [0u8; 9];
+        if let Err(e) = self.sock.read_exact(&mut head).await {
+            self.outcome = Some(H2Answer::Closed(format!("read: {e}")));
+            return;
+        }
+        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+        let (kind, flags) = (head[3], head[4]);
+        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        let mut payload = vec![0u8; len];
+        if let Err(e) = self.sock.read_exact(&mut payload).await {
+            self.outcome = Some(H2Answer::Closed(format!("read: {e}")));
+            return;
+        }
+        let word = |at: usize| {
+            payload
+                .get(at..at + 4)
+                .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        match kind {
+            SETTINGS if flags & ACK == 0 => {
+                for setting in payload.chunks(6) {
+                    if setting.len() == 6 && u16::from_be_bytes([setting[0], setting[1]]) == 0x4 {
+                        let value = i64::from(u32::from_be_bytes([
+                            setting[2], setting[3], setting[4], setting[5],
+                        ]));
+                        self.stream_window += value - self.initial_window;
+                        self.initial_window = value;
+                    }
+                }
+                let mut ack = Vec::new();
+                frame(&mut ack, SETTINGS, ACK, 0, &[]);
+                self.send(&ack).await;
+            }
+            WINDOW_UPDATE => {
+                let increment = i64::from(word(0) & 0x7fff_ffff);
+                if id == 0 {
+                    self.conn_window += increment;
+                } else if id == STREAM {
+                    self.stream_window += increment;
+                }
+            }
+            PING if flags & ACK == 0 => {
+                let mut pong = Vec::new();
+                frame(&mut pong, PING, ACK, 0, &payload);
+                self.send(&pong).await;
+            }
+            HEADERS if id == STREAM => {
+                // A trailing HEADERS frame after the body carries no status.
+                if self.status.is_none() {
+                    self.status = Some(leading_status(&payload, flags));
+                }
+                if flags & END_STREAM != 0 {
+                    self.finish();
+                }
+            }
+            DATA if id == STREAM => {
+                self.answer.extend_from_slice(&unpadded(&payload, flags));
+                if flags & END_STREAM != 0 {
+                    self.finish();
+                }
+            }
+            RST_STREAM if id == STREAM => {
+                if self.status.is_some() {
+                    self.finish();
+                } else {
+                    self.outcome = Some(H2Answer::Reset(word(0)));
+                }
+            }
+            GOAWAY if self.status.is_none() => {
+                self.outcome = Some(H2Answer::Closed(format!(
+                    "GOAWAY {}",
+                    String::from_utf8_lossy(payload.get(8..).unwrap_or_default())
+                )));
+            }
+            _ => {}
+        }
+    }
+
+    fn finish(&mut self) {
+        self.outcome = Some(H2Answer::Response {
+            status: self.status.expect("a response HEADERS frame came first"),
+            body: std::mem::take(&mut self.answer),
+        });
+    }
 }
 
 async fn exchange(
@@ -80,11 +190,19 @@ async fn exchange(
     body: &[u8],
     trailers: &[(&str, &str)],
 ) -> H2Answer {
-    let mut sock = TcpStream::connect(addr).await.expect("connect to Envoy");
+    let sock = TcpStream::connect(addr).await.expect("connect to Envoy");
     sock.set_nodelay(true).expect("TCP_NODELAY");
+    let mut x = Exchange {
+        sock,
+        conn_window: DEFAULT_WINDOW,
+        stream_window: DEFAULT_WINDOW,
+        initial_window: DEFAULT_WINDOW,
+        status: None,
+        answer: Vec::new(),
+        outcome: None,
+    };
     let mut out = PREFACE.to_vec();
     frame(&mut out, SETTINGS, 0, 0, &[]);
-    let stream = 1;
     let head_flags = if body.is_empty() && trailers.is_empty() {
         END_HEADERS | END_STREAM
     } else {
@@ -94,95 +212,49 @@ async fn exchange(
         &mut out,
         HEADERS,
         head_flags,
-        stream,
+        STREAM,
         &header_block(headers),
     );
-    let chunks: Vec<&[u8]> = body.chunks(MAX_FRAME).collect();
-    for (i, chunk) in chunks.iter().enumerate() {
-        let last = i + 1 == chunks.len() && trailers.is_empty();
+    x.send(&out).await;
+
+    let mut sent = 0;
+    while sent < body.len() && x.outcome.is_none() && x.status.is_none() {
+        let window = usize::try_from(x.conn_window.min(x.stream_window)).unwrap_or(0);
+        let size = window.min(MAX_FRAME).min(body.len() - sent);
+        if size == 0 {
+            x.read_frame().await;
+            continue;
+        }
+        let last = sent + size == body.len() && trailers.is_empty();
+        let mut data = Vec::new();
         frame(
-            &mut out,
+            &mut data,
             DATA,
             if last { END_STREAM } else { 0 },
-            stream,
-            chunk,
+            STREAM,
+            &body[sent..sent + size],
         );
+        x.send(&data).await;
+        sent += size;
+        let size = i64::try_from(size).expect("frame size");
+        x.conn_window -= size;
+        x.stream_window -= size;
     }
-    if !trailers.is_empty() {
+    if !trailers.is_empty() && x.outcome.is_none() && x.status.is_none() {
+        let mut end = Vec::new();
         frame(
-            &mut out,
+            &mut end,
             HEADERS,
             END_HEADERS | END_STREAM,
-            stream,
+            STREAM,
             &header_block(trailers),
         );
+        x.send(&end).await;
     }
-    if let Err(e) = sock.write_all(&out).await {
-        return H2Answer::Closed(format!("write: {e}"));
+    while x.outcome.is_none() {
+        x.read_frame().await;
     }
-
-    let mut status = None;
-    let mut answer = Vec::new();
-    loop {
-        let mut head = [0u8; 9];
-        if let Err(e) = sock.read_exact(&mut head).await {
-            return H2Answer::Closed(format!("read: {e}"));
-        }
-        let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
-        let (kind, flags) = (head[3], head[4]);
-        let id = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
-        let mut payload = vec![0u8; len];
-        if let Err(e) = sock.read_exact(&mut payload).await {
-            return H2Answer::Closed(format!("read: {e}"));
-        }
-        match kind {
-            SETTINGS if flags & ACK == 0 => {
-                let mut ack = Vec::new();
-                frame(&mut ack, SETTINGS, ACK, 0, &[]);
-                let _ = sock.write_all(&ack).await;
-            }
-            PING if flags & ACK == 0 => {
-                let mut pong = Vec::new();
-                frame(&mut pong, PING, ACK, 0, &payload);
-                let _ = sock.write_all(&pong).await;
-            }
-            HEADERS if id == stream => {
-                // A trailing HEADERS frame after the body carries no status.
-                if status.is_none() {
-                    status = Some(leading_status(&payload, flags));
-                }
-                if flags & END_STREAM != 0 {
-                    break;
-                }
-            }
-            DATA if id == stream => {
-                answer.extend_from_slice(&unpadded(&payload, flags));
-                if flags & END_STREAM != 0 {
-                    break;
-                }
-            }
-            RST_STREAM if id == stream => {
-                if status.is_some() {
-                    break;
-                }
-                let code = payload
-                    .get(..4)
-                    .map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-                return H2Answer::Reset(code);
-            }
-            GOAWAY if status.is_none() => {
-                return H2Answer::Closed(format!(
-                    "GOAWAY {}",
-                    String::from_utf8_lossy(payload.get(8..).unwrap_or_default())
-                ));
-            }
-            _ => {}
-        }
-    }
-    H2Answer::Response {
-        status: status.expect("a response HEADERS frame came first"),
-        body: answer,
-    }
+    x.outcome.expect("the loop ends with an outcome")
 }
 
 fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
