@@ -247,19 +247,12 @@ fn name_hint(repository: &str) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
+    use registry_gateway_testkit::SEED_LIMITS;
+
     use super::*;
 
     const SEED: &str = "tests/fixtures/policy/valid/seed.yaml";
     const SEED_CONFIGMAP: &str = "tests/fixtures/policy/valid/seed-configmap.yaml";
-
-    /// repository, expected rule (index, path), max bytes, max display, tag limit.
-    type SeedRow = (
-        &'static str,
-        Option<(u64, &'static str)>,
-        u64,
-        &'static str,
-        u64,
-    );
 
     fn run(f: impl FnOnce(&mut Vec<u8>, &mut Vec<u8>) -> u8) -> (u8, String, String) {
         let (mut out, mut err) = (Vec::new(), Vec::new());
@@ -277,44 +270,10 @@ mod tests {
 
     #[test]
     fn explain_answers_the_seed_table_in_both_file_shapes() {
-        let table: [SeedRow; 4] = [
-            (
-                "project-1/app",
-                Some((0, "^project-1/.*")),
-                20_971_520,
-                "20MB",
-                3,
-            ),
-            (
-                "project-2/big-image",
-                Some((1, "^project-2/big-image/.*")),
-                5 << 30,
-                "5GB",
-                200,
-            ),
-            (
-                "project-2/api",
-                Some((2, "^project-2/.*")),
-                52_428_800,
-                "50MB",
-                10,
-            ),
-            ("library/nginx", None, 104_857_600, "100MB", 100),
-        ];
         for config in [SEED, SEED_CONFIGMAP] {
-            for (repository, rule, bytes, display, tags) in table {
-                let v = explain_json_of(config, repository);
-                assert_eq!(v["repository"], repository);
-                match rule {
-                    Some((index, path)) => {
-                        assert_eq!(v["rule"]["index"], index, "{config} {repository}");
-                        assert_eq!(v["rule"]["path"], path);
-                    }
-                    None => assert!(v["rule"].is_null(), "{config} {repository}: {v}"),
-                }
-                assert_eq!(v["max_image_size"]["bytes"], bytes, "{config} {repository}");
-                assert_eq!(v["max_image_size"]["display"], display);
-                assert_eq!(v["tag_count_limit"], tags);
+            for seed in &SEED_LIMITS {
+                let v = explain_json_of(config, seed.repository);
+                seed.assert_explained(&v, &format!("{config} {}: {v}", seed.repository));
             }
         }
     }

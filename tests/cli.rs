@@ -5,18 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use registry_gateway_testkit::SEED_LIMITS;
+
 const BIN: &str = env!("CARGO_BIN_EXE_registry-gateway");
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/policy");
-const MB: u64 = 1024 * 1024;
-
-/// repository, expected rule (index, path), max bytes, max display, tag limit.
-type SeedRow = (
-    &'static str,
-    Option<(u64, &'static str)>,
-    u64,
-    &'static str,
-    u64,
-);
 
 fn run(args: &[&str]) -> Output {
     Command::new(BIN)
@@ -76,45 +68,13 @@ fn explain_answers_the_seed_table_in_all_three_shapes() {
         fixture("valid/seed-configmap.yaml"),
         seed_configmap_dir(tmp.path()),
     ];
-    let table: [SeedRow; 4] = [
-        (
-            "project-1/app",
-            Some((0, "^project-1/.*")),
-            20_971_520,
-            "20MB",
-            3,
-        ),
-        (
-            "project-2/big-image",
-            Some((1, "^project-2/big-image/.*")),
-            5 << 30,
-            "5GB",
-            200,
-        ),
-        (
-            "project-2/api",
-            Some((2, "^project-2/.*")),
-            50 * MB,
-            "50MB",
-            10,
-        ),
-        ("library/nginx", None, 100 * MB, "100MB", 100),
-    ];
     for config in &shapes {
-        for (repository, rule, bytes, display, tags) in table {
-            let v = explain_json(config, repository);
-            let at = format!("{} {repository}: {v}", config.display());
-            assert_eq!(v["repository"], repository, "{at}");
-            match rule {
-                Some((index, path)) => {
-                    assert_eq!(v["rule"]["index"], index, "{at}");
-                    assert_eq!(v["rule"]["path"], path, "{at}");
-                }
-                None => assert!(v["rule"].is_null(), "{at}"),
-            }
-            assert_eq!(v["max_image_size"]["bytes"], bytes, "{at}");
-            assert_eq!(v["max_image_size"]["display"], display, "{at}");
-            assert_eq!(v["tag_count_limit"], tags, "{at}");
+        for seed in &SEED_LIMITS {
+            let v = explain_json(config, seed.repository);
+            seed.assert_explained(
+                &v,
+                &format!("{} {}: {v}", config.display(), seed.repository),
+            );
         }
     }
 }

@@ -19,6 +19,7 @@
 //! | [`RegistryClient`] | raw registry API calls (blob upload, manifest PUT/GET/DELETE, tag list) |
 //! | [`Conn`], [`raw_http`] | blocking HTTP/1.1 over one kept-alive socket, and exact request bytes |
 //! | [`ManagedChild`] | a child process with logs in files, killed by PID on drop, optionally listed in a PID file |
+//! | [`SEED_LIMITS`] | what `explain` answers for the seed configuration, one row per rule and one global |
 //! | [`eventually`] | bounded polling instead of sleeps |
 //!
 //! External binaries are found through `ENVOY_BIN`, `REGISTRY_BIN`, `SKOPEO_BIN`, `HTPASSWD_BIN`
@@ -45,6 +46,7 @@ mod podman;
 mod process;
 mod redis;
 mod registry;
+mod seed;
 mod tarball;
 mod token;
 
@@ -79,6 +81,7 @@ pub use redis::{Redis, redis_bin, redis_cluster};
 pub use registry::{
     AccessLogEntry, Registry, RegistryOptions, TokenAuthConfig, distribution_config, listening_addr,
 };
+pub use seed::{SEED_LIMITS, SeedLimits};
 pub use tarball::{random_file, rootfs_tar};
 pub use token::{TOKEN_ISSUER, TOKEN_SERVICE, TokenIssuer, TokenRequest};
 
