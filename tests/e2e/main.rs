@@ -15,10 +15,12 @@ mod concurrency;
 mod envoy;
 /// ext_authz mode against ext_proc mode: one table, the same answers.
 mod ext_authz;
-/// dry-run, warn and warn_at through both filter modes.
-mod rollout;
+/// Processes killed and restarted, configurations rewritten, during pushes.
+mod faults;
 /// The shipped Envoy config under load, against slow clients and request trailers.
 mod hardening;
+/// dry-run, warn and warn_at through both filter modes.
+mod rollout;
 /// Replicas sharing their tag books in a real Redis.
 mod shared;
 /// The sidecar behind Envoy: limits, manifests, auth flows, reload, shutdown.

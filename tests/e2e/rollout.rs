@@ -5,9 +5,9 @@
 
 use crate::support;
 
-use support::{HttpReply, RegistryClient, Scrape, Stack, StackOptions};
+use support::{HttpReply, RegistryClient, Scrape, Stack, StackOptions, one_layer_image as image};
 
-const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI: &str = support::OCI_MANIFEST;
 const DECISIONS: &str = "registry_gateway_decisions_total";
 
 const CONFIG: &str = "\
@@ -42,16 +42,6 @@ impl Doors {
             ("ext_authz", RegistryClient::new(&self.authz.url())),
         ]
     }
-}
-
-/// An image of one real layer of `layer_bytes` bytes, marked so that each is its own manifest.
-async fn image(client: &RegistryClient, repo: &str, layer_bytes: usize, marker: &str) -> Vec<u8> {
-    let config = client.upload_blob(repo, b"{}").await;
-    let layer = client.upload_blob(repo, &vec![b'x'; layer_bytes]).await;
-    format!(
-        r#"{{"schemaVersion":2,"mediaType":"{OCI}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":2}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":{layer_bytes}}}],"annotations":{{"m":"{marker}"}}}}"#
-    )
-    .into_bytes()
 }
 
 /// Every `Warning` header of a reply, raw.

@@ -40,6 +40,7 @@ mod fault_proxy;
 mod fill;
 mod gateway;
 mod http;
+mod images;
 mod metrics;
 mod oci;
 mod podman;
@@ -66,6 +67,7 @@ pub use fault_proxy::FaultProxy;
 pub use fill::{mount_layout_blobs, mount_layout_blobs_many, put_manifest_many};
 pub use gateway::{Gateway, GatewayOptions, Stack, StackOptions, write_credentials_dir};
 pub use http::{HttpReply, RegistryClient, raw_http, sha256_digest};
+pub use images::one_layer_image;
 pub use metrics::Scrape;
 pub use oci::{
     Descriptor, Layout, OCI_CONFIG, OCI_INDEX, OCI_LAYER_TAR, OCI_MANIFEST, OciImage,
