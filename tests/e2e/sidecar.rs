@@ -20,23 +20,7 @@ use support::{
 };
 
 /// The seed product's example limits (`tests/fixtures/policy/valid/seed.yaml`).
-const SEED_CONFIG: &str = "\
-max_image_size: 100MB
-tag_count_limit: 100
-rules:
-  - path: ^project-1/.*
-    limit:
-      max_image_size: 20MB
-      tag_count_limit: 3
-  - path: ^project-2/big-image/.*
-    limit:
-      max_image_size: 5GB
-      tag_count_limit: 200
-  - path: ^project-2/.*
-    limit:
-      max_image_size: 50MB
-      tag_count_limit: 10
-";
+const SEED_CONFIG: &str = include_str!("../fixtures/policy/valid/seed.yaml");
 
 const MIB: u64 = 1024 * 1024;
 /// project-1's `max_image_size: 20MB`.
@@ -50,10 +34,7 @@ const GLOBAL: &str = "the global limit";
 // ---------------------------------------------------------------------------------------------
 
 fn temp_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("rg-e2e-sidecar-")
-        .tempdir()
-        .expect("temp dir")
+    support::temp_dir("rg-e2e-sidecar-")
 }
 
 fn stderr_of(output: &Output) -> String {
@@ -216,6 +197,84 @@ async fn upload_config_and_layer(
         descriptor_of(OCI_CONFIG, &config),
         descriptor_of(OCI_LAYER_TAR, &layer),
     )
+}
+
+/// Uploads the blobs of `upload_config_and_layer(client, repo, MIB, 3)` into another `repo`.
+async fn upload_mib_image_blobs(client: &RegistryClient, repo: &str) {
+    for blob in [config_blob(3), noise(MIB as usize, 3)] {
+        client.upload_blob(repo, &blob).await;
+    }
+}
+
+/// PUTs `manifest` as `repo:tag` through `client` until the answer is `status` (bounded by
+/// `within`), and returns that answer.
+async fn put_until(
+    client: &RegistryClient,
+    (repo, tag): (&str, &str),
+    manifest: &[u8],
+    status: u16,
+    within: Duration,
+    what: &str,
+) -> HttpReply {
+    eventually(within, what, || {
+        let client = client.clone();
+        let manifest = manifest.to_vec();
+        async move {
+            let reply = client
+                .put_manifest(repo, tag, OCI_MANIFEST, &manifest)
+                .await;
+            if reply.status == status {
+                Ok(reply)
+            } else {
+                Err(format!("HTTP {}: {}", reply.status, reply.text()))
+            }
+        }
+    })
+    .await
+}
+
+/// With limit 3 in `project-1/app`: two tags of a small image (seeded `seed`) pushed by skopeo
+/// straight to the registry with `creds`, a third through Envoy is stored, and a fourth is
+/// refused for the tag limit (only a tag list read the sidecar made with its own credentials can
+/// tell it about the first two); `direct` then lists exactly the three.
+async fn assert_fourth_tag_refused_behind_auth(
+    stack: &Stack,
+    creds: &str,
+    seed: u64,
+    direct: &RegistryClient,
+    what: &str,
+) {
+    let dir = temp_dir();
+    let layout = oci_image_layout(dir.path(), &[3000], seed);
+    for tag in ["v1", "v2"] {
+        let dest = format!("{}/project-1/app:{tag}", stack.registry.host());
+        let copied = skopeo_copy(&layout.dir, &dest, &["--dest-creds", creds]).await;
+        assert_copied(&copied, &format!("{tag} straight to the registry"));
+    }
+
+    let host = stack.envoy_host();
+    let copied = skopeo_copy(
+        &layout.dir,
+        &format!("{host}/project-1/app:v3"),
+        &["--dest-creds", creds],
+    )
+    .await;
+    assert_copied(&copied, "the third tag through Envoy");
+    let refused = skopeo_copy(
+        &layout.dir,
+        &format!("{host}/project-1/app:v4"),
+        &["--dest-creds", creds],
+    )
+    .await;
+    assert_skopeo_denied(
+        &refused,
+        what,
+        &["project-1/app", "already has 3 tags", "v4", RULE_0],
+    );
+    assert_eq!(
+        registry_tags(direct, "project-1/app").await,
+        strings(&["v1", "v2", "v3"])
+    );
 }
 
 /// Uploads every blob of a single-image layout into `repo` through `client`.
@@ -382,60 +441,40 @@ async fn the_first_matching_rule_decides_and_unmatched_repositories_get_the_glob
         .put_manifest("project-2/big-image", "v1", OCI_MANIFEST, &sixty)
         .await;
     assert_created(&reply, "60MB into project-2/big-image (rule 1)");
-    for blob in [config_blob(3), noise(MIB as usize, 3)] {
-        client.upload_blob("project-2/big-image/app", &blob).await;
-    }
+    upload_mib_image_blobs(&client, "project-2/big-image/app").await;
     let reply = client
         .put_manifest("project-2/big-image/app", "v1", OCI_MANIFEST, &sixty)
         .await;
     assert_created(&reply, "60MB into project-2/big-image/app (rule 1)");
 
-    // The same image elsewhere in project-2 falls to rule 2.
-    let reply = client
-        .put_manifest("project-2/api", "v1", OCI_MANIFEST, &sixty)
-        .await;
-    let message = assert_oci_error(&reply, 403, "DENIED", "60MB into project-2/api (rule 2)");
-    assert_contains_all(
-        &message,
-        &[
-            "project-2/api",
-            &format!("{} bytes", 60 * MIB),
-            &limit_text(50 * MIB, "50MB"),
-            RULE_2,
-        ],
-        "rule 2 refusal",
-    );
-    // ...whose limit is inclusive.
-    for blob in [config_blob(3), noise(MIB as usize, 3)] {
-        client.upload_blob("project-2/api", &blob).await;
+    // The same image elsewhere in project-2 falls to rule 2, whose limit is inclusive; no rule
+    // matches library/x: the global 100MB.
+    for (repo, over, limit, rule, what) in [
+        ("project-2/api", 60, 50, RULE_2, "rule 2"),
+        ("library/x", 101, 100, GLOBAL, "global"),
+    ] {
+        let reply = client
+            .put_manifest(repo, "v1", OCI_MANIFEST, &image(over))
+            .await;
+        let message = assert_oci_error(
+            &reply,
+            403,
+            "DENIED",
+            &format!("{over}MB into {repo} ({what})"),
+        );
+        let needles = [
+            repo,
+            &format!("{} bytes", over as u64 * MIB),
+            &limit_text(limit as u64 * MIB, &format!("{limit}MB")),
+            rule,
+        ];
+        assert_contains_all(&message, &needles, &format!("{what} refusal"));
+        upload_mib_image_blobs(&client, repo).await;
+        let reply = client
+            .put_manifest(repo, "v2", OCI_MANIFEST, &image(limit))
+            .await;
+        assert_created(&reply, &format!("exactly {limit}MB into {repo}"));
     }
-    let reply = client
-        .put_manifest("project-2/api", "v2", OCI_MANIFEST, &image(50))
-        .await;
-    assert_created(&reply, "exactly 50MB into project-2/api");
-
-    // No rule matches library/x: the global 100MB.
-    let reply = client
-        .put_manifest("library/x", "v1", OCI_MANIFEST, &image(101))
-        .await;
-    let message = assert_oci_error(&reply, 403, "DENIED", "101MB into library/x (global)");
-    assert_contains_all(
-        &message,
-        &[
-            "library/x",
-            &format!("{} bytes", 101 * MIB),
-            &limit_text(100 * MIB, "100MB"),
-            GLOBAL,
-        ],
-        "global refusal",
-    );
-    for blob in [config_blob(3), noise(MIB as usize, 3)] {
-        client.upload_blob("library/x", &blob).await;
-    }
-    let reply = client
-        .put_manifest("library/x", "v2", OCI_MANIFEST, &image(100))
-        .await;
-    assert_created(&reply, "exactly 100MB into library/x");
 
     let direct = stack.registry_client();
     assert_eq!(
@@ -745,21 +784,17 @@ async fn lowering_a_limit_while_running_refuses_the_next_push_and_raising_it_all
     let edited = Instant::now();
     stack.write_config(&lowered);
     // The product applies an edit within 1 s; 2 s leaves room for a loaded machine.
-    let message = eventually(Duration::from_secs(2), "the lowered limit to apply", || {
-        let client = client.clone();
-        let manifest = layout.manifest.clone();
-        async move {
-            let reply = client
-                .put_manifest("project-1/app", "v1", OCI_MANIFEST, &manifest)
-                .await;
-            if reply.status == 403 {
-                Ok(reply.json()["errors"][0]["message"].to_string())
-            } else {
-                Err(format!("HTTP {}: {}", reply.status, reply.text()))
-            }
-        }
-    })
-    .await;
+    let target = ("project-1/app", "v1");
+    let what = "the lowered limit to apply";
+    let refusal = put_until(
+        &client,
+        target,
+        &layout.manifest,
+        403,
+        Duration::from_secs(2),
+        what,
+    );
+    let message = refusal.await.json()["errors"][0]["message"].to_string();
     let applied_after = edited.elapsed();
     assert_contains_all(
         &message,
@@ -780,20 +815,15 @@ async fn lowering_a_limit_while_running_refuses_the_next_push_and_raising_it_all
     // Back to 20MB.
     let edited = Instant::now();
     stack.write_config(SEED_CONFIG);
-    eventually(Duration::from_secs(2), "the raised limit to apply", || {
-        let client = client.clone();
-        let manifest = layout.manifest.clone();
-        async move {
-            let reply = client
-                .put_manifest("project-1/app", "v1", OCI_MANIFEST, &manifest)
-                .await;
-            if reply.status == 201 {
-                Ok(())
-            } else {
-                Err(format!("HTTP {}: {}", reply.status, reply.text()))
-            }
-        }
-    })
+    let what = "the raised limit to apply";
+    put_until(
+        &client,
+        target,
+        &layout.manifest,
+        201,
+        Duration::from_secs(2),
+        what,
+    )
     .await;
     let raised_after = edited.elapsed();
     let copied = skopeo_copy(&layout.dir, &format!("{host}/project-1/app:v2"), &[]).await;
@@ -875,23 +905,15 @@ async fn with_the_sidecar_stopped_manifest_writes_fail_fast_blobs_still_upload_a
     );
 
     stack.restart_gateway().await;
-    eventually(
+    let what = "a push through the restarted sidecar";
+    let target = ("project-1/app", "v2");
+    put_until(
+        &client,
+        target,
+        &layout.manifest,
+        201,
         Duration::from_secs(15),
-        "a push through the restarted sidecar",
-        || {
-            let client = client.clone();
-            let manifest = layout.manifest.clone();
-            async move {
-                let reply = client
-                    .put_manifest("project-1/app", "v2", OCI_MANIFEST, &manifest)
-                    .await;
-                if reply.status == 201 {
-                    Ok(())
-                } else {
-                    Err(format!("HTTP {}: {}", reply.status, reply.text()))
-                }
-            }
-        },
+        what,
     )
     .await;
     assert_eq!(
@@ -915,41 +937,9 @@ async fn behind_htpasswd_the_sidecar_reads_tags_with_its_credentials_and_enforce
     })
     .await;
     let creds = format!("{USER}:{PASSWORD}");
-    let dir = temp_dir();
-    let layout = oci_image_layout(dir.path(), &[3000], 12);
+    let what = "a fourth tag behind htpasswd";
+    assert_fourth_tag_refused_behind_auth(&stack, &creds, 12, &stack.registry_client(), what).await;
 
-    // Two tags pushed straight to the registry: only a tag list read with the credentials tells
-    // the sidecar about them.
-    for tag in ["v1", "v2"] {
-        let dest = format!("{}/project-1/app:{tag}", stack.registry.host());
-        let copied = skopeo_copy(&layout.dir, &dest, &["--dest-creds", &creds]).await;
-        assert_copied(&copied, &format!("{tag} straight to the registry"));
-    }
-
-    let host = stack.envoy_host();
-    let copied = skopeo_copy(
-        &layout.dir,
-        &format!("{host}/project-1/app:v3"),
-        &["--dest-creds", &creds],
-    )
-    .await;
-    assert_copied(&copied, "the third tag through Envoy");
-    let refused = skopeo_copy(
-        &layout.dir,
-        &format!("{host}/project-1/app:v4"),
-        &["--dest-creds", &creds],
-    )
-    .await;
-    assert_skopeo_denied(
-        &refused,
-        "a fourth tag behind htpasswd",
-        &["project-1/app", "already has 3 tags", "v4", RULE_0],
-    );
-
-    assert_eq!(
-        registry_tags(&stack.registry_client(), "project-1/app").await,
-        strings(&["v1", "v2", "v3"])
-    );
     let tag_lists: Vec<_> = stack
         .registry
         .requests()
@@ -998,41 +988,10 @@ async fn behind_a_token_service_the_sidecar_gets_a_bearer_token_and_enforces_the
     })
     .await;
     let creds = format!("{ROBOT}:{SECRET}");
-    let dir = temp_dir();
-    let layout = oci_image_layout(dir.path(), &[3000], 13);
-
-    for tag in ["v1", "v2"] {
-        let dest = format!("{}/project-1/app:{tag}", stack.registry.host());
-        let copied = skopeo_copy(&layout.dir, &dest, &["--dest-creds", &creds]).await;
-        assert_copied(&copied, &format!("{tag} straight to the registry"));
-    }
-
-    let host = stack.envoy_host();
-    let copied = skopeo_copy(
-        &layout.dir,
-        &format!("{host}/project-1/app:v3"),
-        &["--dest-creds", &creds],
-    )
-    .await;
-    assert_copied(&copied, "the third tag through Envoy");
-    let refused = skopeo_copy(
-        &layout.dir,
-        &format!("{host}/project-1/app:v4"),
-        &["--dest-creds", &creds],
-    )
-    .await;
-    assert_skopeo_denied(
-        &refused,
-        "a fourth tag behind a token service",
-        &["project-1/app", "already has 3 tags", "v4", RULE_0],
-    );
-
     let token = issuer.token(&[("project-1/app", &["pull"])]);
     let direct = stack.registry_client().with_bearer(&token);
-    assert_eq!(
-        registry_tags(&direct, "project-1/app").await,
-        strings(&["v1", "v2", "v3"])
-    );
+    let what = "a fourth tag behind a token service";
+    assert_fourth_tag_refused_behind_auth(&stack, &creds, 13, &direct, what).await;
     // The sidecar asked for a pull-only token for this repository, as the robot, and got one.
     let sidecar_requests: Vec<_> = issuer
         .requests()

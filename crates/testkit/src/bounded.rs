@@ -11,10 +11,7 @@ use crate::process::read_lossy;
 /// is killed by PID and this panics with what it printed, naming `what`, so no test waits on a
 /// hung client.
 pub async fn run_bounded(mut cmd: Command, timeout: Duration, what: &str) -> Output {
-    let dir = tempfile::Builder::new()
-        .prefix("rg-client-")
-        .tempdir()
-        .expect("temp dir");
+    let dir = crate::process::temp_dir("rg-client-");
     let out_path = dir.path().join("stdout");
     let err_path = dir.path().join("stderr");
     cmd.stdin(Stdio::null())

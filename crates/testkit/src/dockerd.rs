@@ -100,10 +100,7 @@ impl Dockerd {
     pub async fn start_with(options: DockerdOptions) -> Dockerd {
         // Short: the API socket and containerd's sockets live under it, and a Unix socket path
         // holds at most 107 bytes.
-        let dir = tempfile::Builder::new()
-            .prefix("rg-dockerd-")
-            .tempdir()
-            .expect("temp dir");
+        let dir = crate::process::temp_dir("rg-dockerd-");
         let socket = dir.path().join("docker.sock");
         let data_root = dir.path().join("data");
         let exec_root = dir.path().join("exec");

@@ -44,10 +44,7 @@ impl Envoy {
     /// [`Envoy::start`] with another shipped config of the same shape (one listener, clusters
     /// `registry` and `registry-gateway`), e.g. `envoy/ext-authz.yaml`.
     pub async fn start_with_config(config_file: &Path, options: EnvoyOptions) -> Envoy {
-        let dir = tempfile::Builder::new()
-            .prefix("rg-envoy-")
-            .tempdir()
-            .expect("temp dir");
+        let dir = crate::process::temp_dir("rg-envoy-");
         let config = substituted_config(config_file, &options);
         // JSON is valid YAML for Envoy; `.json` makes it parse it as JSON directly.
         let config_path = dir.path().join("envoy.json");

@@ -78,10 +78,7 @@ impl Gateway {
     /// Like [`Gateway::start`], with the gRPC listener on `grpc_port` if given (to restart a
     /// sidecar behind an Envoy that already points at that port).
     pub async fn start_on(options: GatewayOptions, grpc_port: Option<u16>) -> Gateway {
-        let dir = tempfile::Builder::new()
-            .prefix("rg-gateway-")
-            .tempdir()
-            .expect("temp dir");
+        let dir = crate::process::temp_dir("rg-gateway-");
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -272,10 +269,7 @@ impl Stack {
 
     /// [`Stack::start`] with registry auth, extra sidecar flags or environment.
     pub async fn start_with(options: StackOptions) -> Stack {
-        let config_dir = tempfile::Builder::new()
-            .prefix("rg-config-")
-            .tempdir()
-            .expect("temp dir");
+        let config_dir = crate::process::temp_dir("rg-config-");
         let config_path = config_dir.path().join("config.yaml");
         std::fs::write(&config_path, &options.config_yaml).expect("temp dir is writable");
 
@@ -284,10 +278,7 @@ impl Stack {
         // A separate directory, like a Secret mounted next to the ConfigMap.
         let mut secret_dir = None;
         if let (true, Some((user, password))) = (options.credentials_dir, registry.credentials()) {
-            let dir = tempfile::Builder::new()
-                .prefix("rg-secret-")
-                .tempdir()
-                .expect("temp dir");
+            let dir = crate::process::temp_dir("rg-secret-");
             write_credentials_dir(dir.path(), user, password, false);
             gateway_options.extra_args.extend([
                 "--registry-credentials-dir".to_owned(),

@@ -77,7 +77,7 @@ pub use oci::{
 pub use podman::{Podman, buildah_bin, podman_bin};
 pub use process::{
     ManagedChild, cpu_seconds, kill_all_listed, reset_peak_rss, set_pid_file, start_time,
-    status_kib,
+    status_kib, temp_dir,
 };
 pub use redis::{Redis, redis_bin, redis_cluster};
 pub use registry::{

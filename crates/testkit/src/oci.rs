@@ -12,13 +12,12 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::process::read_lossy;
 use crate::{sha256_digest, skopeo_bin};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -383,44 +382,13 @@ fn docker_ref(reference: &str) -> String {
 pub async fn skopeo<S: AsRef<str>>(args: &[S]) -> Output {
     let args: Vec<String> = args.iter().map(|a| a.as_ref().to_owned()).collect();
     let bin = skopeo_bin();
-    let dir = tempfile::Builder::new()
-        .prefix("rg-skopeo-")
-        .tempdir()
-        .expect("temp dir");
-    let out_path = dir.path().join("stdout");
-    let err_path = dir.path().join("stderr");
     let mut cmd = Command::new(&bin);
     // No signature policy applies to a local test copy, so none is read
     // (/etc/containers/policy.json). A global flag: it goes before the subcommand.
     if args.first().map(String::as_str) != Some("--insecure-policy") {
         cmd.arg("--insecure-policy");
     }
-    cmd.args(&args)
-        .stdin(Stdio::null())
-        .stdout(File::create(&out_path).expect("temp dir is writable"))
-        .stderr(File::create(&err_path).expect("temp dir is writable"));
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawning {} failed: {e}", bin.display()));
-    let args = args.join(" ");
-    let deadline = Instant::now() + SKOPEO_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for skopeo") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "skopeo {args} did not finish within {SKOPEO_TIMEOUT:?}\nstderr: {}",
-                read_lossy(&err_path)
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    Output {
-        status,
-        stdout: std::fs::read(&out_path).unwrap_or_default(),
-        stderr: std::fs::read(&err_path).unwrap_or_default(),
-    }
+    cmd.args(&args);
+    let what = format!("skopeo {}", args.join(" "));
+    crate::bounded::run_bounded(cmd, SKOPEO_TIMEOUT, &what).await
 }

@@ -40,10 +40,7 @@ pub struct Podman {
 impl Podman {
     /// A fresh, empty store and its configuration files.
     pub fn new() -> Podman {
-        let dir = tempfile::Builder::new()
-            .prefix("rg-podman-")
-            .tempdir()
-            .expect("temp dir");
+        let dir = crate::process::temp_dir("rg-podman-");
         let root = dir.path().join("root");
         let runroot = dir.path().join("run");
         let tmp = dir.path().join("tmp");

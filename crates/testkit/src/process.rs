@@ -9,6 +9,14 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// A fresh temp dir named `<prefix>` and a random suffix, removed when dropped.
+pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("temp dir")
+}
+
 /// How many log lines a failure report shows per stream.
 const TAIL_LINES: usize = 60;
 

@@ -47,10 +47,7 @@ impl Redis {
     /// A server in a fresh temp dir (`cluster`: with `--cluster-enabled yes`, to be joined by
     /// [`redis_cluster`]). Panics with its log if it does not answer `PING` within 10 s.
     pub async fn start(cluster: bool) -> Redis {
-        let temp = tempfile::Builder::new()
-            .prefix("rg-redis-")
-            .tempdir()
-            .expect("temp dir");
+        let temp = crate::process::temp_dir("rg-redis-");
         let mut redis = Redis {
             child: None,
             port: 0,

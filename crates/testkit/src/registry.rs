@@ -88,10 +88,7 @@ impl Registry {
             options.htpasswd.is_none() || options.token_auth.is_none(),
             "distribution supports one auth method at a time"
         );
-        let dir = tempfile::Builder::new()
-            .prefix("rg-registry-")
-            .tempdir()
-            .expect("temp dir");
+        let dir = crate::process::temp_dir("rg-registry-");
         let storage = dir.path().join("storage");
         std::fs::create_dir(&storage).expect("temp dir is writable");
 

@@ -61,10 +61,7 @@ impl TokenIssuer {
     /// Generates a throw-away RSA key and self-signed certificate and serves `GET /token`.
     /// Tokens live `token_ttl` (`expires_in`).
     pub async fn start(user: &str, password: &str, token_ttl: Duration) -> TokenIssuer {
-        let dir = tempfile::Builder::new()
-            .prefix("rg-token-")
-            .tempdir()
-            .expect("temp dir");
+        let dir = crate::process::temp_dir("rg-token-");
         let key = dir.path().join("key.pem");
         let cert = dir.path().join("cert.pem");
         openssl(&[
