@@ -107,17 +107,20 @@ fn size(limits: &Limits) -> String {
     format!("{size} ({} bytes)", size.bytes())
 }
 
+/// The tag patterns that do not count, comma-separated; `None` when every tag counts.
+fn excluded(limits: &Limits) -> Option<String> {
+    let filter = &limits.exclude_tags;
+    (!filter.is_empty()).then(|| filter.patterns().join(", "))
+}
+
 fn limits_text(limits: &Limits) -> String {
     let mut text = format!(
         "max_image_size {}, tag_count_limit {}",
         size(limits),
         limits.tag_count_limit
     );
-    if !limits.exclude_tags.is_empty() {
-        text.push_str(&format!(
-            ", exclude_tags [{}]",
-            limits.exclude_tags.patterns().join(", ")
-        ));
+    if let Some(excluded) = excluded(limits) {
+        text.push_str(&format!(", exclude_tags [{excluded}]"));
     }
     // Shown only when set, so that a configuration without them reads as it always did.
     if !limits.enforcement.refuses() {
@@ -167,11 +170,8 @@ fn explain_text(repository: &str, rule: Option<&Rule>, limits: &Limits) -> Strin
         size(limits),
         limits.tag_count_limit
     );
-    if !limits.exclude_tags.is_empty() {
-        text.push_str(&format!(
-            "  exclude_tags (not counted): {}\n",
-            limits.exclude_tags.patterns().join(", ")
-        ));
+    if let Some(excluded) = excluded(limits) {
+        text.push_str(&format!("  exclude_tags (not counted): {excluded}\n"));
     }
     match limits.enforcement {
         Enforcement::Enforce => {}

@@ -5,8 +5,11 @@
 use registry_gateway_testkit as support;
 
 use registry_gateway::preflight::pb::policy_client::PolicyClient;
-use registry_gateway::preflight::pb::{EvaluateRequest, ExplainRequest, Outcome};
+use registry_gateway::preflight::pb::{
+    EvaluateRequest, EvaluateResponse, ExplainRequest, ExplainResponse, Outcome,
+};
 use support::{Stack, StackOptions};
+use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -23,6 +26,57 @@ fn image(total: u64) -> Vec<u8> {
         .into_bytes()
 }
 
+/// The one reply to one reflection request.
+async fn reflect(
+    client: &mut ServerReflectionClient<Channel>,
+    request: MessageRequest,
+) -> Option<MessageResponse> {
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(request),
+    };
+    let mut replies = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection stream")
+        .into_inner();
+    let reply = replies.message().await.expect("reply").expect("one reply");
+    reply.message_response
+}
+
+async fn explain(
+    policy: &mut PolicyClient<Channel>,
+    repository: &str,
+) -> Result<ExplainResponse, tonic::Status> {
+    let request = ExplainRequest {
+        repository: repository.into(),
+    };
+    policy
+        .explain(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Asks whether an image of `size` bytes may be pushed as `project-1/app:<reference>`.
+async fn evaluate(
+    policy: &mut PolicyClient<Channel>,
+    reference: &str,
+    size: u64,
+) -> EvaluateResponse {
+    let request = EvaluateRequest {
+        repository: "project-1/app".into(),
+        reference: reference.into(),
+        tags: vec![],
+        content_type: OCI.into(),
+        manifest: image(size),
+    };
+    policy
+        .evaluate(request)
+        .await
+        .expect("evaluate")
+        .into_inner()
+}
+
 #[tokio::test]
 async fn reflection_lists_every_service_and_health_answers() {
     let stack = Stack::start_with(StackOptions::new(SEED)).await;
@@ -33,18 +87,9 @@ async fn reflection_lists_every_service_and_health_answers() {
         .await
         .expect("connect");
     let mut reflection = ServerReflectionClient::new(channel.clone());
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut replies = reflection
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .expect("reflection stream")
-        .into_inner();
-    let reply = replies.message().await.expect("reply").expect("one reply");
-    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
-        panic!("expected a service list, got {:?}", reply.message_response);
+    let reply = reflect(&mut reflection, MessageRequest::ListServices(String::new())).await;
+    let Some(MessageResponse::ListServicesResponse(list)) = reply else {
+        panic!("expected a service list, got {reply:?}");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     for want in [
@@ -59,22 +104,12 @@ async fn reflection_lists_every_service_and_health_answers() {
         );
     }
     // The descriptors are complete enough for a client to describe the services.
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::FileContainingSymbol(
-            "envoy.service.ext_proc.v3.ExternalProcessor".into(),
-        )),
-    };
-    let mut replies = reflection
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .expect("reflection stream")
-        .into_inner();
-    let reply = replies.message().await.expect("reply").expect("one reply");
+    let symbol =
+        MessageRequest::FileContainingSymbol("envoy.service.ext_proc.v3.ExternalProcessor".into());
+    let reply = reflect(&mut reflection, symbol).await;
     assert!(
-        matches!(reply.message_response, Some(MessageResponse::FileDescriptorResponse(ref f)) if !f.file_descriptor_proto.is_empty()),
-        "{:?}",
-        reply.message_response
+        matches!(reply, Some(MessageResponse::FileDescriptorResponse(ref f)) if !f.file_descriptor_proto.is_empty()),
+        "{reply:?}"
     );
 
     let mut health = HealthClient::new(channel);
@@ -101,13 +136,9 @@ async fn preflight_explains_and_evaluates_without_taking_a_slot() {
     let url = format!("http://{}", stack.gateway.grpc_addr());
     let mut policy = PolicyClient::connect(url).await.expect("connect");
 
-    let explained = policy
-        .explain(ExplainRequest {
-            repository: "project-1/app".into(),
-        })
+    let explained = explain(&mut policy, "project-1/app")
         .await
-        .expect("explain")
-        .into_inner();
+        .expect("explain");
     let rule = explained.rule.expect("rule 0 applies");
     assert_eq!((rule.index, rule.path.as_str()), (0, "^project-1/.*"));
     let limits = explained.limits.expect("limits");
@@ -119,35 +150,13 @@ async fn preflight_explains_and_evaluates_without_taking_a_slot() {
         ),
         (20_971_520, "20MB", 3)
     );
-    let global = policy
-        .explain(ExplainRequest {
-            repository: "library/nginx".into(),
-        })
+    let global = explain(&mut policy, "library/nginx")
         .await
-        .expect("explain")
-        .into_inner();
+        .expect("explain");
     assert!(global.rule.is_none());
-    assert!(
-        policy
-            .explain(ExplainRequest {
-                repository: String::new()
-            })
-            .await
-            .is_err()
-    );
+    assert!(explain(&mut policy, "").await.is_err());
 
-    let evaluate = |reference: &str, size: u64| EvaluateRequest {
-        repository: "project-1/app".into(),
-        reference: reference.into(),
-        tags: vec![],
-        content_type: OCI.into(),
-        manifest: image(size),
-    };
-    let too_big = policy
-        .evaluate(evaluate("v1", 20_971_521))
-        .await
-        .expect("evaluate")
-        .into_inner();
+    let too_big = evaluate(&mut policy, "v1", 20_971_521).await;
     assert_eq!(too_big.outcome, Outcome::Deny as i32);
     assert_eq!(
         (
@@ -179,11 +188,7 @@ async fn preflight_explains_and_evaluates_without_taking_a_slot() {
     }
     // Asking twice whether a third tag fits takes no slot: both say yes, and the real push passes.
     for _ in 0..2 {
-        let fits = policy
-            .evaluate(evaluate("c", 5))
-            .await
-            .expect("evaluate")
-            .into_inner();
+        let fits = evaluate(&mut policy, "c", 5).await;
         assert_eq!(fits.outcome, Outcome::Allow as i32, "{}", fits.message);
         assert_eq!(fits.tag_count, Some(2));
     }
@@ -191,11 +196,7 @@ async fn preflight_explains_and_evaluates_without_taking_a_slot() {
         .put_manifest("project-1/app", "c", OCI, body.as_bytes())
         .await;
     assert_eq!(reply.status, 201, "{}", reply.text());
-    let full = policy
-        .evaluate(evaluate("d", 5))
-        .await
-        .expect("evaluate")
-        .into_inner();
+    let full = evaluate(&mut policy, "d", 5).await;
     assert_eq!(
         (full.outcome, full.reason.as_str()),
         (Outcome::Deny as i32, "tag_limit")
