@@ -19,7 +19,9 @@ use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::Ex
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Phase;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Reply;
-use envoy_types::pb::envoy::service::ext_proc::v3::{HttpBody, HttpHeaders, ProcessingRequest};
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse,
+};
 use registry_gateway::check::{CheckOptions, Checker, TagError, TagSource};
 use registry_gateway::extauthz::ExtAuthzService;
 use registry_gateway::extproc::ExtProcService;
@@ -27,7 +29,10 @@ use registry_gateway::metrics::Metrics;
 use registry_gateway::policy::{ConfigSource, compile};
 use registry_gateway::reload::Snapshot;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::Streaming;
+use tonic::transport::Channel;
 
 const CONFIG: &str = "max_image_size: 1MB\ntag_count_limit: 100\nrules:\n  - path: ^small/.*\n    limit: {max_image_size: 1KB, tag_count_limit: 2}\n";
 const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -247,6 +252,34 @@ fn header(key: &str, value: &str) -> HeaderValue {
     }
 }
 
+/// The request body in one message, as Envoy sends a buffered body.
+fn whole_body(body: Vec<u8>) -> ProcessingRequest {
+    ProcessingRequest {
+        request: Some(Phase::RequestBody(HttpBody {
+            body,
+            end_of_stream: true,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+/// An ext_proc stream: what to send on it, and its replies.
+async fn open_stream(
+    client: &mut ExternalProcessorClient<Channel>,
+) -> (
+    mpsc::Sender<ProcessingRequest>,
+    Streaming<ProcessingResponse>,
+) {
+    let (tx, rx) = mpsc::channel(4);
+    let replies = client
+        .process(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("stream")
+        .into_inner();
+    (tx, replies)
+}
+
 async fn via_ext_proc(url: &str, s: &Scenario) -> Answer {
     let mut client = ExternalProcessorClient::connect(url.to_owned())
         .await
@@ -271,21 +304,9 @@ async fn via_ext_proc(url: &str, s: &Scenario) -> Answer {
         ..Default::default()
     }];
     if has_body {
-        messages.push(ProcessingRequest {
-            request: Some(Phase::RequestBody(HttpBody {
-                body: s.body.clone(),
-                end_of_stream: true,
-                ..Default::default()
-            })),
-            ..Default::default()
-        });
+        messages.push(whole_body(s.body.clone()));
     }
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut replies = client
-        .process(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("stream")
-        .into_inner();
+    let (tx, mut replies) = open_stream(&mut client).await;
     for m in messages {
         tx.send(m).await.expect("send");
         let reply = replies
@@ -405,22 +426,8 @@ async fn a_body_without_request_headers_ends_the_stream_with_an_error() {
     let mut client = ExternalProcessorClient::connect(url)
         .await
         .expect("connect");
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let mut replies = client
-        .process(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("stream")
-        .into_inner();
-    tx.send(ProcessingRequest {
-        request: Some(Phase::RequestBody(HttpBody {
-            body: image(1),
-            end_of_stream: true,
-            ..Default::default()
-        })),
-        ..Default::default()
-    })
-    .await
-    .expect("send");
+    let (tx, mut replies) = open_stream(&mut client).await;
+    tx.send(whole_body(image(1))).await.expect("send");
     // Never a CONTINUE: Envoy turns the error into a refusal (failure_mode_allow: false).
     let status = replies.message().await.expect_err("the stream fails");
     assert_eq!(status.code(), tonic::Code::FailedPrecondition);
