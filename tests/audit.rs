@@ -32,6 +32,9 @@ rules:
       exclude_tags: ['^sha256-[0-9a-f]{64}\.sig$']
 ";
 
+/// Every repository of the fixture but the one with 10,000 tags.
+const FEW: &str = "^(a|clean|multi|signed|team-a)/";
+
 /// Limits nothing in the fixture breaks.
 const GENEROUS: &str = "max_image_size: 1GB\ntag_count_limit: 100000\n";
 
@@ -286,18 +289,26 @@ async fn an_audit_lists_every_violation_exactly_and_exits_3() {
         assert!(table.contains(fragment), "`{fragment}` missing:\n{table}");
     }
 
+    // The audits below leave out the 10,000 tags, already read once above.
+    let small = ["--json", "--repository", FEW];
+
     // Within generous limits: nothing to report, exit 0.
-    let out = audit(args(&generous, &url, &["--json", "--concurrency", "4"])).await;
+    let out = audit(args(
+        &generous,
+        &url,
+        &[&small[..], &["--concurrency", "4"]].concat(),
+    ))
+    .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let doc = document(&out);
     assert_eq!(doc["violations"], json!([]));
-    assert_eq!(doc["repositories_scanned"], 6);
+    assert_eq!(doc["repositories_scanned"], 5);
 
     // A small fake proxy in front of the real registry answers 500 to one repository's tag
     // list (a real registry cannot be made to fail on demand): that repository is an error,
     // retried first, the others are still audited, and the exit code says incomplete.
     let proxy = FaultProxy::start(&url, &[("/v2/clean/app/tags/list", 500)]).await;
-    let out = audit(args(&config, &proxy.url(), &["--json"])).await;
+    let out = audit(args(&config, &proxy.url(), &small)).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let doc = document(&out);
     assert_eq!(
@@ -305,12 +316,12 @@ async fn an_audit_lists_every_violation_exactly_and_exits_3() {
         json!([{"repository": "clean/app", "tag": null, "cause": "tag list: HTTP 500 (after 4 attempts)"}])
     );
     assert_eq!(proxy.injected(), 4, "the first attempt and three retries");
-    assert_eq!(
-        core_fields(&doc),
-        expected(&fixture),
-        "violations still listed"
-    );
-    assert_eq!(doc["repositories_scanned"], 5);
+    let few: Vec<Value> = expected(&fixture)
+        .into_iter()
+        .filter(|v| v["repository"] != "many/tags")
+        .collect();
+    assert_eq!(core_fields(&doc), few, "violations still listed");
+    assert_eq!(doc["repositories_scanned"], 4);
     assert_eq!(doc["complete"], false);
     assert!(
         text(&out.stderr).contains("incomplete"),
@@ -473,7 +484,7 @@ async fn a_thousand_repositories_of_twenty_tags_are_audited_within_budget() {
     let config = write_config(dir.path(), "config.yaml", GENEROUS);
     let mut argv = vec![
         "-f".to_owned(),
-        "%e %M".to_owned(),
+        "%e %M %U %S".to_owned(),
         BIN.to_owned(),
         "audit".to_owned(),
     ];
@@ -495,7 +506,12 @@ async fn a_thousand_repositories_of_twenty_tags_are_audited_within_budget() {
     let mut parts = figures.split_whitespace();
     let seconds: f64 = parts.next().and_then(|s| s.parse().ok()).expect("elapsed");
     let kib: u64 = parts.next().and_then(|s| s.parse().ok()).expect("max RSS");
-    eprintln!("audit of 1,001 repositories, 20,001 tags: {seconds} s, max RSS {kib} KiB");
+    let cpu: f64 = parts.filter_map(|s| s.parse::<f64>().ok()).sum();
+    let pages = registry.count_requests("GET", "/v2/_catalog");
+    eprintln!(
+        "audit of 1,001 repositories, 20,001 tags ({pages} catalog pages): {seconds} s, \
+         {cpu:.1} s of CPU, max RSS {kib} KiB"
+    );
     assert!(seconds < 60.0, "{seconds} s");
     assert!(kib < 64 * 1024, "{kib} KiB");
 }
