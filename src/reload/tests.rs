@@ -13,11 +13,20 @@ use super::debounce::Burst;
 use super::read::chain_marker;
 use super::task::spawn_inner;
 use super::watcher::{is_read_only, watch_dirs};
-use super::{ReloadOptions, load_initial, lock, spawn};
+use super::{ReloadOptions, Snapshot, load_initial, lock, spawn};
 use crate::metrics::Metrics;
 
 fn real(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).expect("exists")
+}
+
+/// A temporary `config.yaml` holding `text`, and the snapshot it loads as at start-up.
+fn loaded(text: &str) -> (tempfile::TempDir, PathBuf, Snapshot) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("config.yaml");
+    std::fs::write(&path, text).expect("write");
+    let initial = load_initial(&path).expect("valid");
+    (tmp, path, initial)
 }
 
 #[test]
@@ -110,10 +119,7 @@ fn a_swapped_configmap_is_marked_by_its_data_link() {
 
 #[tokio::test]
 async fn without_a_watcher_the_periodic_re_read_applies_changes() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let path = tmp.path().join("config.yaml");
-    std::fs::write(&path, "tag_count_limit: 5\n").expect("write");
-    let initial = load_initial(&path).expect("valid");
+    let (_tmp, path, initial) = loaded("tag_count_limit: 5\n");
     let metrics = Arc::new(Metrics::new());
     let options = ReloadOptions {
         debounce: Duration::from_millis(200),
@@ -152,10 +158,7 @@ async fn without_a_watcher_the_periodic_re_read_applies_changes() {
 
 #[tokio::test]
 async fn a_change_before_spawn_is_caught_by_the_start_re_read() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let path = tmp.path().join("config.yaml");
-    std::fs::write(&path, "tag_count_limit: 5\n").expect("write");
-    let initial = load_initial(&path).expect("valid");
+    let (_tmp, path, initial) = loaded("tag_count_limit: 5\n");
     std::fs::write(&path, "tag_count_limit: 6\n").expect("rewrite");
     let options = ReloadOptions {
         resync: Duration::from_secs(3600),
