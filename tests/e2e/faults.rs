@@ -293,3 +293,125 @@ async fn a_thousand_config_writes_in_ten_seconds_leave_the_last_valid_one_in_for
         status["config"]["version"]
     );
 }
+
+/// The registry misbehaving for the tag list (behind a fault proxy: a real registry cannot be
+/// made to do this on demand; pushes still go through Envoy to the real registry). Every case:
+/// a push that needs the count gets a 503 naming the cause within the decision deadline, a push
+/// over the size limit is still refused (sizes need no registry), nothing is stored, and once
+/// the registry behaves again the next push goes through.
+#[tokio::test]
+async fn a_misbehaving_registry_fails_pushes_closed_within_the_deadline_and_recovers() {
+    use support::{
+        Envoy, EnvoyOptions, Fault, FaultProxy, Gateway, GatewayOptions, Registry, RegistryOptions,
+    };
+
+    let registry = Registry::start(RegistryOptions::default()).await;
+    let proxy = FaultProxy::start_with(&registry.url(), &[]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config_path = dir.path().join("config.yaml");
+    std::fs::write(&config_path, config(100)).expect("config");
+    let gateway = Gateway::start(GatewayOptions::new(&config_path, &proxy.url())).await;
+    let envoy = Envoy::start(EnvoyOptions {
+        registry_addr: registry.addr(),
+        gateway_addr: gateway.grpc_addr(),
+    })
+    .await;
+    let client = envoy.client();
+    let cases = [
+        (
+            "HTTP 500",
+            Fault::Status(500),
+            "the registry answered HTTP 500",
+        ),
+        (
+            "HTTP 503",
+            Fault::Status(503),
+            "the registry answered HTTP 503",
+        ),
+        (
+            "slow (30 s)",
+            Fault::Slow(Duration::from_secs(30)),
+            "did not answer within",
+        ),
+        ("connection cut mid-answer", Fault::Cut, "could not"),
+        ("garbage", Fault::Garbage, "could not be read"),
+        ("pages without end", Fault::EndlessPages, ""),
+    ];
+    for (i, (name, fault, cause)) in cases.into_iter().enumerate() {
+        // A repository of its own: a cached tag list (rightly) needs no registry at all.
+        let repo = format!("faults/registry-{i}");
+        let repo = repo.as_str();
+        let base = String::from_utf8(image(&client, repo, 10, "MARKER").await).expect("utf-8");
+        let big = one_layer_big(&client, repo).await;
+        let tag_list = format!("/v2/{repo}/tags/list");
+        proxy.set(&[(tag_list.as_str(), fault)]);
+        let tag = format!("c{i}");
+        let body = base.replace("MARKER", &tag).into_bytes();
+        let started = Instant::now();
+        let reply = client.put_manifest(repo, &tag, OCI, &body).await;
+        let answered = started.elapsed();
+        assert_eq!(reply.status, 503, "{name}: {}", reply.text());
+        let message = reply.json()["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            message.contains("could not check the push because") && message.contains(cause),
+            "{name}: {message}"
+        );
+        assert!(
+            !message.contains("127.0.0.1"),
+            "{name}: no internal address: {message}"
+        );
+        assert!(
+            answered < Duration::from_secs(6),
+            "{name}: answered after {answered:?}"
+        );
+        let refused = client
+            .put_manifest(repo, &format!("big{i}"), OCI, &big)
+            .await;
+        assert_eq!(
+            refused.status,
+            403,
+            "{name}: sizes need no registry: {}",
+            refused.text()
+        );
+        assert!(
+            registry.client().list_tags(repo).await.is_empty(),
+            "{name}: nothing stored"
+        );
+        proxy.set(&[]);
+        let cleared = Instant::now();
+        let ok = support::eventually(
+            Duration::from_secs(10),
+            "a push once the registry behaves",
+            || {
+                let (client, body, tag) = (client.clone(), body.clone(), tag.clone());
+                async move {
+                    let reply = client.put_manifest(repo, &tag, OCI, &body).await;
+                    if reply.status == 201 {
+                        Ok(reply.status)
+                    } else {
+                        Err(reply.status)
+                    }
+                }
+            },
+        )
+        .await;
+        assert_eq!(ok, 201);
+        let recovery = cleared.elapsed();
+        eprintln!(
+            "fault: registry tag list {name}: push answered 503 in {:.2}s, size refusal 403, nothing stored; recovered in {:.2}s",
+            answered.as_secs_f64(),
+            recovery.as_secs_f64()
+        );
+    }
+}
+
+/// A manifest over the 1GB global limit (its layer is declared, never uploaded: the size
+/// refusal comes before the registry would look).
+async fn one_layer_big(client: &RegistryClient, repo: &str) -> Vec<u8> {
+    let base = String::from_utf8(image(client, repo, 10, "big").await).expect("utf-8");
+    base.replace("\"size\":10}", "\"size\":2147483648}")
+        .into_bytes()
+}

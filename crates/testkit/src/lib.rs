@@ -63,7 +63,7 @@ pub use dockerd::{CLIENT_TIMEOUT, Dockerd, DockerdOptions, docker_bin, dockerd_b
 pub use envoy::{Envoy, envoy_config_path, substituted_config};
 pub use envoy_config::{EnvoyOptions, RenderError, disable_route_ext_proc, render_envoy_config};
 pub use fake_extproc::{FAKE_DENIAL_MESSAGE, FakeExtProc, SeenStream};
-pub use fault_proxy::FaultProxy;
+pub use fault_proxy::{Fault, FaultProxy};
 pub use fill::{mount_layout_blobs, mount_layout_blobs_many, put_manifest_many};
 pub use gateway::{Gateway, GatewayOptions, Stack, StackOptions, write_credentials_dir};
 pub use http::{HttpReply, RegistryClient, raw_http, sha256_digest};
