@@ -135,6 +135,13 @@ fn config_file(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
+/// [`config_file`], watched by a reload task with the watcher alone.
+fn watched_file(name: &str, text: &str) -> (tempfile::TempDir, PathBuf, Running) {
+    let (dir, path) = config_file(name, text);
+    let running = start(&path, watcher_only());
+    (dir, path, running)
+}
+
 /// Waits (bounded) until `/status` reports an error, and returns its text.
 async fn reported_error(status: &SharedStatus, what: &str) -> String {
     eventually(DEADLINE, what, || {
@@ -157,8 +164,7 @@ fn reload_counts(metrics: &Metrics) -> (u64, u64) {
 #[tokio::test]
 async fn an_in_place_write_applies_within_one_second() {
     let _log = tracing_guard();
-    let (_dir, path) = config_file("config.yaml", &seed(20));
-    let mut running = start(&path, watcher_only());
+    let (_dir, path, mut running) = watched_file("config.yaml", &seed(20));
     assert_eq!(project1_bytes(&running.snapshots.borrow()), 20 * MB);
 
     for (i, mb) in [30, 40].into_iter().enumerate() {
@@ -177,8 +183,7 @@ async fn an_in_place_write_applies_within_one_second() {
 #[tokio::test]
 async fn a_rename_over_the_file_applies_within_one_second() {
     let _log = tracing_guard();
-    let (dir, path) = config_file("config.yaml", &seed(20));
-    let mut running = start(&path, watcher_only());
+    let (dir, path, mut running) = watched_file("config.yaml", &seed(20));
 
     // Twice: the second rename replaces the inode the first one brought in, so a watch on the
     // file would be dead by now; the directory watch is not.
@@ -311,8 +316,7 @@ async fn a_configmap_key_file_behind_data_applies_within_one_second() {
 #[tokio::test]
 async fn a_configmap_manifest_file_applies_within_one_second() {
     let _log = tracing_guard();
-    let (dir, path) = config_file("configmap.yaml", &seed_manifest(20));
-    let mut running = start(&path, watcher_only());
+    let (dir, path, mut running) = watched_file("configmap.yaml", &seed_manifest(20));
     assert_eq!(project1_bytes(&running.snapshots.borrow()), 20 * MB);
 
     std::fs::write(&path, seed_manifest(30)).expect("rewrite");
@@ -334,8 +338,7 @@ async fn a_configmap_manifest_file_applies_within_one_second() {
 #[tokio::test]
 async fn an_invalid_edit_keeps_the_old_limits_until_a_valid_one_applies() {
     let _log = tracing_guard();
-    let (_dir, path) = config_file("config.yaml", &seed(20));
-    let mut running = start(&path, watcher_only());
+    let (_dir, path, mut running) = watched_file("config.yaml", &seed(20));
     let loaded_at = running.snapshots.borrow().loaded_at;
 
     // Line 2 has an unknown unit.
@@ -492,8 +495,7 @@ async fn reads_of_a_configmap_mount_do_not_feed_themselves_either() {
 #[tokio::test]
 async fn a_burst_of_writes_applies_once_with_the_last_contents() {
     let _log = tracing_guard();
-    let (_dir, path) = config_file("config.yaml", &seed(20));
-    let mut running = start(&path, watcher_only());
+    let (_dir, path, mut running) = watched_file("config.yaml", &seed(20));
 
     for mb in 21..=30 {
         std::fs::write(&path, seed(mb)).expect("rewrite");
