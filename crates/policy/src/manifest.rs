@@ -288,4 +288,4 @@ fn check_body_type(header: MediaType, body: Option<&str>) -> Result<(), Manifest
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

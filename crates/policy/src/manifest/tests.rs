@@ -4,15 +4,12 @@ const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
 const DOCKER: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
 fn fixtures() -> Vec<serde_json::Value> {
-    let dir = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/manifests"
-    );
-    let index = std::fs::read(format!("{dir}/index.json")).expect("fixture catalogue is present");
+    let index = fixture_bytes("index.json");
     serde_json::from_slice::<Vec<serde_json::Value>>(&index).expect("catalogue is JSON")
 }
 
-fn fixture_bytes(file: &str) -> Vec<u8> {
+/// A file of `tests/fixtures/manifests/`: real manifests, and `index.json`, their catalogue.
+pub(crate) fn fixture_bytes(file: &str) -> Vec<u8> {
     let dir = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/fixtures/manifests"
