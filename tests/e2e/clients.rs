@@ -49,10 +49,7 @@ const SIZE_REASON: &[&str] = &[
 const SCHEMA1_REASON: &str = "Docker schema 1 manifests carry no layer sizes and are not accepted; push the image as Docker schema 2 or OCI instead";
 
 fn temp_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("rg-e2e-clients-")
-        .tempdir()
-        .expect("temp dir")
+    support::temp_dir("rg-e2e-clients-")
 }
 
 /// A root filesystem archive of one `size`-byte file, in `dir`.
@@ -75,6 +72,137 @@ fn assert_refused(output: &Output, what: &str, fragments: &[&str]) {
             "{what}: the client's output lacks {fragment:?}:\n{text}"
         );
     }
+}
+
+/// docker (a dockerd of the test's own) or podman (a store of the test's own): the steps their
+/// tests share.
+#[derive(Clone, Copy)]
+enum Client<'a> {
+    Docker(&'a Dockerd),
+    Podman(&'a Podman),
+}
+
+impl Client<'_> {
+    fn name(self) -> &'static str {
+        match self {
+            Client::Docker(_) => "docker",
+            Client::Podman(_) => "podman",
+        }
+    }
+
+    /// Runs the client with `args`.
+    async fn run(self, args: &[&str]) -> Output {
+        match self {
+            Client::Docker(docker) => docker.docker(args).await,
+            Client::Podman(podman) => podman.podman(args).await,
+        }
+    }
+
+    /// Imports a root filesystem of one `size`-byte file (in `dir`, named `name`) as `image`.
+    async fn import(self, dir: &Path, name: &str, size: usize, seed: u64, image: &str) {
+        let archive = rootfs(dir, name, size, seed);
+        match self {
+            Client::Docker(docker) => docker.import(&archive, image).await,
+            Client::Podman(podman) => podman.import(&archive, image).await,
+        }
+    }
+
+    /// [`Client::import`] as `<Envoy's host>/<path>`, which it returns.
+    async fn import_for(
+        self,
+        stack: &Stack,
+        (dir, name): (&Path, &str),
+        size: usize,
+        seed: u64,
+        path: &str,
+    ) -> String {
+        let image = format!("{}/{path}", stack.envoy_host());
+        self.import(dir, name, size, seed, &image).await;
+        image
+    }
+
+    /// Pushes `image` to the plain-http registry it names.
+    async fn push(self, image: &str) -> Output {
+        match self {
+            Client::Docker(_) => self.run(&["push", image]).await,
+            Client::Podman(_) => self.run(&["push", "--tls-verify=false", image]).await,
+        }
+    }
+}
+
+/// `limited/app:big` (a file of [`BIG`] bytes, seeded `seed`) pushed by `client`: refused, the
+/// output holding `first` and then the size reason, and nothing stored.
+async fn assert_size_refusal(stack: &Stack, client: Client<'_>, seed: u64, first: &[&str]) {
+    let dir = temp_dir();
+    let image = client
+        .import_for(stack, (dir.path(), "big"), BIG, seed, "limited/app:big")
+        .await;
+
+    let refused = client.push(&image).await;
+    let mut expected = first.to_vec();
+    expected.extend(SIZE_REASON);
+    let what = format!("{} push over the size limit", client.name());
+    assert_refused(&refused, &what, &expected);
+    assert_tags(stack, "limited/app", &[]).await;
+}
+
+/// `limited/app` (2 tags at most): `client` pushes `v1` and `v2` of one image, and its push of
+/// `v3` is refused with the gateway's tag-limit reason.
+async fn assert_tag_limit_refusal(stack: &Stack, client: Client<'_>, seed: u64) {
+    let name = client.name();
+    let dir = temp_dir();
+    let repo = format!("{}/limited/app", stack.envoy_host());
+    let v1 = format!("{repo}:v1");
+    client.import(dir.path(), "small", SMALL, seed, &v1).await;
+    for tag in ["v2", "v3"] {
+        let tagged = client.run(&["tag", &v1, &format!("{repo}:{tag}")]).await;
+        assert_success(&tagged, &format!("{name} tag"));
+    }
+    for tag in ["v1", "v2"] {
+        let pushed = client.push(&format!("{repo}:{tag}")).await;
+        assert_success(&pushed, &format!("{name} push of {tag}"));
+    }
+
+    let refused = client.push(&format!("{repo}:v3")).await;
+    assert_refused(
+        &refused,
+        &format!("{name} push of a third tag"),
+        &[
+            "denied: push to limited/app:v3 refused",
+            "repository limited/app already has 2 tags and the limit set by rule 0 (path `^limited/.*`) is 2 tags, so the new tag v3 cannot be created",
+        ],
+    );
+    assert_tags(stack, "limited/app", &["v1", "v2"]).await;
+}
+
+/// The answer to a manifest list push by `client`: refused with `first` and the size reason
+/// when the list has a big child, stored otherwise.
+fn assert_list_push(pushed: &Output, client: Client<'_>, refused: bool, first: &str) {
+    let name = client.name();
+    if refused {
+        let mut expected = vec![first, "denied: push to limited/multi@sha256:"];
+        expected.extend(SIZE_REASON);
+        let what = format!("{name} manifest push of a list with a big child");
+        assert_refused(pushed, &what, &expected);
+    } else {
+        let what = format!("{name} manifest push of a list within the limits");
+        assert_success(pushed, &what);
+    }
+}
+
+/// The stack, a fresh podman store and a temp dir: what every podman and buildah test starts
+/// with.
+async fn podman_stack() -> (Stack, Podman, tempfile::TempDir) {
+    (Stack::start(CONFIG).await, Podman::new(), temp_dir())
+}
+
+/// The registry (asked directly) lists exactly `tags` for `repo`.
+async fn assert_tags(stack: &Stack, repo: &str, tags: &[&str]) {
+    assert_eq!(
+        stack.registry_client().list_tags(repo).await,
+        tags,
+        "{repo}"
+    );
 }
 
 /// The digest docker prints for a pushed tag (`<tag>: digest: sha256:… size: …`).
@@ -104,9 +232,8 @@ async fn docker_push_within_the_limits_is_stored() {
         "dockerd no longer treats loopback registries as insecure by default"
     );
     let dir = temp_dir();
-    let image = format!("{}/limited/app:v1", stack.envoy_host());
-    docker
-        .import(&rootfs(dir.path(), "small", SMALL, 1), &image)
+    let image = Client::Docker(&docker)
+        .import_for(&stack, (dir.path(), "small"), SMALL, 1, "limited/app:v1")
         .await;
 
     let pushed = docker.docker(&["push", image.as_str()]).await;
@@ -130,24 +257,8 @@ async fn docker_push_within_the_limits_is_stored() {
 async fn docker_push_over_the_size_limit_prints_our_reason() {
     let stack = Stack::start(CONFIG).await;
     let docker = Dockerd::start().await;
-    let dir = temp_dir();
-    let image = format!("{}/limited/app:big", stack.envoy_host());
-    docker
-        .import(&rootfs(dir.path(), "big", BIG, 2), &image)
-        .await;
-
-    let refused = docker.docker(&["push", image.as_str()]).await;
-    let mut expected = vec!["denied: push to limited/app:big refused"];
-    expected.extend(SIZE_REASON);
-    assert_refused(&refused, "docker push over the size limit", &expected);
-
-    assert!(
-        stack
-            .registry_client()
-            .list_tags("limited/app")
-            .await
-            .is_empty()
-    );
+    let first = ["denied: push to limited/app:big refused"];
+    assert_size_refusal(&stack, Client::Docker(&docker), 2, &first).await;
     // Without DOCKER_ALLOW_SCHEMA1_PUSH_DONOTUSE (the last test) dockerd stops at our answer:
     // one decision, no schema 1 retry.
     let log = stack.gateway.log();
@@ -163,38 +274,7 @@ async fn docker_push_over_the_size_limit_prints_our_reason() {
 async fn docker_push_of_a_tag_over_the_tag_limit_prints_our_reason() {
     let stack = Stack::start(CONFIG).await;
     let docker = Dockerd::start().await;
-    let dir = temp_dir();
-    let repo = format!("{}/limited/app", stack.envoy_host());
-    docker
-        .import(
-            &rootfs(dir.path(), "small", SMALL, 3),
-            &format!("{repo}:v1"),
-        )
-        .await;
-    for tag in ["v2", "v3"] {
-        let tagged = docker
-            .docker(&["tag", &format!("{repo}:v1"), &format!("{repo}:{tag}")])
-            .await;
-        assert_success(&tagged, "docker tag");
-    }
-    for tag in ["v1", "v2"] {
-        let pushed = docker.docker(&["push", &format!("{repo}:{tag}")]).await;
-        assert_success(&pushed, &format!("docker push of {tag}"));
-    }
-
-    let refused = docker.docker(&["push", &format!("{repo}:v3")]).await;
-    assert_refused(
-        &refused,
-        "docker push of a third tag",
-        &[
-            "denied: push to limited/app:v3 refused",
-            "repository limited/app already has 2 tags and the limit set by rule 0 (path `^limited/.*`) is 2 tags, so the new tag v3 cannot be created",
-        ],
-    );
-    assert_eq!(
-        stack.registry_client().list_tags("limited/app").await,
-        ["v1", "v2"]
-    );
+    assert_tag_limit_refusal(&stack, Client::Docker(&docker), 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -239,26 +319,11 @@ async fn docker_manifest_push_with_an_oversized_child_prints_our_reason() {
         let pushed = docker
             .docker(&["manifest", "push", "--insecure", &list])
             .await;
-        if refused {
-            let mut expected = vec![
-                "failed to put manifest",
-                "denied: push to limited/multi@sha256:",
-            ];
-            expected.extend(SIZE_REASON);
-            assert_refused(
-                &pushed,
-                "docker manifest push of a list with a big child",
-                &expected,
-            );
-        } else {
-            assert_success(&pushed, "docker manifest push of a list within the limits");
-        }
+        let first = "failed to put manifest";
+        assert_list_push(&pushed, Client::Docker(&docker), refused, first);
     }
     // The oversized child was refused before its list: only the good list is tagged.
-    assert_eq!(
-        stack.registry_client().list_tags("limited/multi").await,
-        ["ok"]
-    );
+    assert_tags(&stack, "limited/multi", &["ok"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,10 +385,7 @@ async fn docker_pushes_schema_1_only_as_a_fallback_its_daemon_is_told_to_make() 
     let log = stack.gateway.log();
     assert!(log.contains("reason=\"image_too_large\""), "{log}");
     assert!(log.contains("reason=\"schema1\""), "{log}");
-    assert_eq!(
-        stack.registry_client().list_tags("limited/old").await,
-        ["ok"]
-    );
+    assert_tags(&stack, "limited/old", &["ok"]).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -332,12 +394,9 @@ async fn docker_pushes_schema_1_only_as_a_fallback_its_daemon_is_told_to_make() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podman_push_within_the_limits_is_stored() {
-    let stack = Stack::start(CONFIG).await;
-    let podman = Podman::new();
-    let dir = temp_dir();
-    let image = format!("{}/limited/app:v1", stack.envoy_host());
-    podman
-        .import(&rootfs(dir.path(), "small", SMALL, 11), &image)
+    let (stack, podman, dir) = podman_stack().await;
+    let image = Client::Podman(&podman)
+        .import_for(&stack, (dir.path(), "small"), SMALL, 11, "limited/app:v1")
         .await;
     let digest_file = dir.path().join("digest");
     let digest_arg = digest_file.display().to_string();
@@ -363,28 +422,11 @@ async fn podman_push_within_the_limits_is_stored() {
 async fn podman_push_over_the_size_limit_prints_our_reason() {
     let stack = Stack::start(CONFIG).await;
     let podman = Podman::new();
-    let dir = temp_dir();
-    let image = format!("{}/limited/app:big", stack.envoy_host());
-    podman
-        .import(&rootfs(dir.path(), "big", BIG, 12), &image)
-        .await;
-
-    let refused = podman
-        .podman(&["push", "--tls-verify=false", image.as_str()])
-        .await;
-    let mut expected = vec![
+    let first = [
         "uploading manifest big to",
         "denied: push to limited/app:big refused",
     ];
-    expected.extend(SIZE_REASON);
-    assert_refused(&refused, "podman push over the size limit", &expected);
-    assert!(
-        stack
-            .registry_client()
-            .list_tags("limited/app")
-            .await
-            .is_empty()
-    );
+    assert_size_refusal(&stack, Client::Podman(&podman), 12, &first).await;
     // DENIED is not "manifest rejected" for containers/image: no retry in another format.
     let log = stack.gateway.log();
     assert_eq!(log.matches("outcome=\"deny\"").count(), 1, "{log}");
@@ -394,52 +436,14 @@ async fn podman_push_over_the_size_limit_prints_our_reason() {
 async fn podman_push_of_a_tag_over_the_tag_limit_prints_our_reason() {
     let stack = Stack::start(CONFIG).await;
     let podman = Podman::new();
-    let dir = temp_dir();
-    let repo = format!("{}/limited/app", stack.envoy_host());
-    podman
-        .import(
-            &rootfs(dir.path(), "small", SMALL, 13),
-            &format!("{repo}:v1"),
-        )
-        .await;
-    for tag in ["v2", "v3"] {
-        let tagged = podman
-            .podman(&["tag", &format!("{repo}:v1"), &format!("{repo}:{tag}")])
-            .await;
-        assert_success(&tagged, "podman tag");
-    }
-    for tag in ["v1", "v2"] {
-        let pushed = podman
-            .podman(&["push", "--tls-verify=false", &format!("{repo}:{tag}")])
-            .await;
-        assert_success(&pushed, &format!("podman push of {tag}"));
-    }
-
-    let refused = podman
-        .podman(&["push", "--tls-verify=false", &format!("{repo}:v3")])
-        .await;
-    assert_refused(
-        &refused,
-        "podman push of a third tag",
-        &[
-            "denied: push to limited/app:v3 refused",
-            "repository limited/app already has 2 tags and the limit set by rule 0 (path `^limited/.*`) is 2 tags, so the new tag v3 cannot be created",
-        ],
-    );
-    assert_eq!(
-        stack.registry_client().list_tags("limited/app").await,
-        ["v1", "v2"]
-    );
+    assert_tag_limit_refusal(&stack, Client::Podman(&podman), 13).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podman_push_as_schema_1_prints_our_schema_1_answer() {
-    let stack = Stack::start(CONFIG).await;
-    let podman = Podman::new();
-    let dir = temp_dir();
-    let image = format!("{}/limited/old:v1", stack.envoy_host());
-    podman
-        .import(&rootfs(dir.path(), "small", SMALL, 14), &image)
+    let (stack, podman, dir) = podman_stack().await;
+    let image = Client::Podman(&podman)
+        .import_for(&stack, (dir.path(), "small"), SMALL, 14, "limited/old:v1")
         .await;
 
     // An explicit --format is the only one tried: our MANIFEST_INVALID ends the push, with our
@@ -461,20 +465,12 @@ async fn podman_push_as_schema_1_prints_our_schema_1_answer() {
             SCHEMA1_REASON,
         ],
     );
-    assert!(
-        stack
-            .registry_client()
-            .list_tags("limited/old")
-            .await
-            .is_empty()
-    );
+    assert_tags(&stack, "limited/old", &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podman_manifest_push_with_an_oversized_child_prints_our_reason() {
-    let stack = Stack::start(CONFIG).await;
-    let podman = Podman::new();
-    let dir = temp_dir();
+    let (stack, podman, dir) = podman_stack().await;
     let host = stack.envoy_host();
     for (name, size, seed) in [("a", SMALL, 15), ("b", SMALL, 16), ("big", BIG, 17)] {
         podman
@@ -509,25 +505,10 @@ async fn podman_manifest_push_with_an_oversized_child_prints_our_reason() {
                 &dest,
             ])
             .await;
-        if refused {
-            let mut expected = vec![
-                "copying image 2/2 from manifest list",
-                "denied: push to limited/multi@sha256:",
-            ];
-            expected.extend(SIZE_REASON);
-            assert_refused(
-                &pushed,
-                "podman manifest push of a list with a big child",
-                &expected,
-            );
-        } else {
-            assert_success(&pushed, "podman manifest push of a list within the limits");
-        }
+        let first = "copying image 2/2 from manifest list";
+        assert_list_push(&pushed, Client::Podman(&podman), refused, first);
     }
-    assert_eq!(
-        stack.registry_client().list_tags("limited/multi").await,
-        ["ok"]
-    );
+    assert_tags(&stack, "limited/multi", &["ok"]).await;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -536,9 +517,7 @@ async fn podman_manifest_push_with_an_oversized_child_prints_our_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buildah_push_within_the_limits_passes_and_over_the_size_limit_prints_our_reason() {
-    let stack = Stack::start(CONFIG).await;
-    let store = Podman::new();
-    let dir = temp_dir();
+    let (stack, store, dir) = podman_stack().await;
     let repo = format!("{}/limited/built", stack.envoy_host());
     for (tag, size, seed) in [("v1", SMALL, 21), ("big", BIG, 22)] {
         let file = dir.path().join(format!("{tag}.bin"));
@@ -575,8 +554,5 @@ async fn buildah_push_within_the_limits_passes_and_over_the_size_limit_prints_ou
     let mut expected = vec!["denied: push to limited/built:big refused"];
     expected.extend(SIZE_REASON);
     assert_refused(&refused, "buildah push over the size limit", &expected);
-    assert_eq!(
-        stack.registry_client().list_tags("limited/built").await,
-        ["v1"]
-    );
+    assert_tags(&stack, "limited/built", &["v1"]).await;
 }
