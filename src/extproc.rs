@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, HeaderValueOption};
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Phase;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Reply;
@@ -71,6 +72,7 @@ impl<S: TagSource> ExternalProcessor for ExtProcService<S> {
             deferred: false,
             answered_response: false,
             saw_request_headers: false,
+            buffered: false,
         };
         tokio::spawn(stream.run(inbound, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -95,6 +97,9 @@ struct StreamState<S> {
     /// The registry's response headers were answered: nothing more is owed to this request.
     answered_response: bool,
     saw_request_headers: bool,
+    /// Envoy said (in the stream's first message) that it sends request bodies whole
+    /// (`BUFFERED`): a body not marked end-of-stream is then followed by trailers, not cut.
+    buffered: bool,
 }
 
 impl<S: TagSource> StreamState<S> {
@@ -148,6 +153,9 @@ impl<S: TagSource> StreamState<S> {
         &mut self,
         message: ProcessingRequest,
     ) -> Result<(ProcessingResponse, bool), Status> {
+        if let Some(config) = &message.protocol_config {
+            self.buffered = config.request_body_mode == BodySendMode::Buffered as i32;
+        }
         let phase = message
             .request
             .ok_or_else(|| Status::invalid_argument("ProcessingRequest without a phase"))?;
@@ -163,7 +171,7 @@ impl<S: TagSource> StreamState<S> {
                     let refusal = respond::render(&refused.outcome);
                     return Ok(match refusal {
                         Some(refusal) => (immediate(&refusal), true),
-                        None => (continue_headers(true), false),
+                        None => (continue_message(Message::RequestHeaders), false),
                     });
                 }
                 self.write = ManifestWrite::from_request(&method, &path);
@@ -177,10 +185,10 @@ impl<S: TagSource> StreamState<S> {
                     // would still be answered in this phase's own type.
                     return Ok(match self.decide().await {
                         Some(refusal) => (immediate(&refusal), true),
-                        None => (continue_headers(true), false),
+                        None => (continue_message(Message::RequestHeaders), false),
                     });
                 }
-                Ok((continue_headers(true), false))
+                Ok((continue_message(Message::RequestHeaders), false))
             }
             Phase::RequestBody(body) => {
                 if !self.saw_request_headers {
@@ -191,18 +199,20 @@ impl<S: TagSource> StreamState<S> {
                     ));
                 }
                 let Some(write) = &self.write else {
-                    return Ok((continue_body(true), false));
+                    return Ok((continue_message(Message::RequestBody), false));
                 };
                 if write.kind != WriteKind::Put {
-                    return Ok((continue_body(true), false));
+                    return Ok((continue_message(Message::RequestBody), false));
                 }
                 let cut = if self.body.len() + body.body.len() > BODY_CAP {
                     Some(false)
                 } else {
                     self.body.extend_from_slice(&body.body);
-                    // Only BUFFERED delivery is configured; a partial body means Envoy's buffer
-                    // limit cut it, and an unseen manifest is never allowed.
-                    (!body.end_of_stream).then_some(true)
+                    // Only BUFFERED delivery is configured, and over its buffer limit Envoy
+                    // answers 413 itself: a body without end-of-stream is whole, with trailers to
+                    // come. Without that word from Envoy it may have been cut, and an unseen
+                    // manifest is never allowed.
+                    (!body.end_of_stream && !self.buffered).then_some(true)
                 };
                 if let Some(cut_by_envoy) = cut {
                     let refusal = respond::not_whole(write, cut_by_envoy);
@@ -210,7 +220,7 @@ impl<S: TagSource> StreamState<S> {
                 }
                 Ok(match self.decide().await {
                     Some(refusal) => (immediate(&refusal), true),
-                    None => (continue_body(true), false),
+                    None => (continue_message(Message::RequestBody), false),
                 })
             }
             Phase::ResponseHeaders(headers) => {
@@ -237,23 +247,11 @@ impl<S: TagSource> StreamState<S> {
                 if (200..300).contains(&status) && !warnings.is_empty() {
                     return Ok((warn_response(&warnings), false));
                 }
-                Ok((continue_headers(false), false))
+                Ok((continue_message(Message::ResponseHeaders), false))
             }
-            Phase::ResponseBody(_) => Ok((continue_body(false), false)),
-            Phase::RequestTrailers(_) => Ok((
-                ProcessingResponse {
-                    response: Some(Reply::RequestTrailers(TrailersResponse::default())),
-                    ..Default::default()
-                },
-                false,
-            )),
-            Phase::ResponseTrailers(_) => Ok((
-                ProcessingResponse {
-                    response: Some(Reply::ResponseTrailers(TrailersResponse::default())),
-                    ..Default::default()
-                },
-                false,
-            )),
+            Phase::ResponseBody(_) => Ok((continue_message(Message::ResponseBody), false)),
+            Phase::RequestTrailers(_) => Ok((continue_message(Message::RequestTrailers), false)),
+            Phase::ResponseTrailers(_) => Ok((continue_message(Message::ResponseTrailers), false)),
         }
     }
 
@@ -303,16 +301,48 @@ fn header_values(headers: &HttpHeaders, name: &str) -> Vec<String> {
         .collect()
 }
 
-fn continue_headers(request: bool) -> ProcessingResponse {
-    let reply = HeadersResponse::default();
+/// `reply` as the whole answer to a message.
+fn respond_with(reply: Reply) -> ProcessingResponse {
     ProcessingResponse {
-        response: Some(if request {
-            Reply::RequestHeaders(reply)
-        } else {
-            Reply::ResponseHeaders(reply)
-        }),
+        response: Some(reply),
         ..Default::default()
     }
+}
+
+/// A header to set: the value goes in `raw_value`, as for every ext_proc mutation.
+fn set_header(key: &str, value: Vec<u8>, action: HeaderAppendAction) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_owned(),
+            raw_value: value,
+            ..Default::default()
+        }),
+        append_action: action as i32,
+        ..Default::default()
+    }
+}
+
+/// The message an answer lets through unchanged.
+#[derive(Clone, Copy)]
+enum Message {
+    RequestHeaders,
+    RequestBody,
+    RequestTrailers,
+    ResponseHeaders,
+    ResponseBody,
+    ResponseTrailers,
+}
+
+/// Lets `message` through unchanged.
+fn continue_message(message: Message) -> ProcessingResponse {
+    respond_with(match message {
+        Message::RequestHeaders => Reply::RequestHeaders(HeadersResponse::default()),
+        Message::RequestBody => Reply::RequestBody(BodyResponse::default()),
+        Message::RequestTrailers => Reply::RequestTrailers(TrailersResponse::default()),
+        Message::ResponseHeaders => Reply::ResponseHeaders(HeadersResponse::default()),
+        Message::ResponseBody => Reply::ResponseBody(BodyResponse::default()),
+        Message::ResponseTrailers => Reply::ResponseTrailers(TrailersResponse::default()),
+    })
 }
 
 /// The registry's response headers, with the push's `Warning` headers added beside any the
@@ -320,67 +350,40 @@ fn continue_headers(request: bool) -> ProcessingResponse {
 fn warn_response(values: &[String]) -> ProcessingResponse {
     let set_headers = values
         .iter()
-        .map(|value| HeaderValueOption {
-            header: Some(HeaderValue {
-                key: "warning".to_owned(),
-                raw_value: value.clone().into_bytes(),
-                ..Default::default()
-            }),
-            append_action: HeaderAppendAction::AppendIfExistsOrAdd as i32,
-            ..Default::default()
+        .map(|value| {
+            let value = value.clone().into_bytes();
+            set_header("warning", value, HeaderAppendAction::AppendIfExistsOrAdd)
         })
         .collect();
-    ProcessingResponse {
-        response: Some(Reply::ResponseHeaders(HeadersResponse {
-            response: Some(CommonResponse {
-                header_mutation: Some(HeaderMutation {
-                    set_headers,
-                    ..Default::default()
-                }),
+    respond_with(Reply::ResponseHeaders(HeadersResponse {
+        response: Some(CommonResponse {
+            header_mutation: Some(HeaderMutation {
+                set_headers,
                 ..Default::default()
             }),
-        })),
-        ..Default::default()
-    }
-}
-
-fn continue_body(request: bool) -> ProcessingResponse {
-    let reply = BodyResponse::default();
-    ProcessingResponse {
-        response: Some(if request {
-            Reply::RequestBody(reply)
-        } else {
-            Reply::ResponseBody(reply)
+            ..Default::default()
         }),
-        ..Default::default()
-    }
+    }))
 }
 
 /// A local reply. Header values go in `raw_value`: Envoy ignores `value` in ext_proc mutations,
 /// and a client without `content-type: application/json` would not parse the OCI error.
 fn immediate(rendered: &Rendered) -> ProcessingResponse {
-    let content_type = HeaderValueOption {
-        header: Some(HeaderValue {
-            key: "content-type".to_owned(),
-            raw_value: b"application/json".to_vec(),
+    let content_type = set_header(
+        "content-type",
+        b"application/json".to_vec(),
+        HeaderAppendAction::OverwriteIfExistsOrAdd,
+    );
+    respond_with(Reply::ImmediateResponse(ImmediateResponse {
+        status: Some(HttpStatus {
+            code: i32::from(rendered.http_status),
+        }),
+        headers: Some(HeaderMutation {
+            set_headers: vec![content_type],
             ..Default::default()
         }),
-        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        body: rendered.body.clone(),
+        details: format!("registry_gateway_{}", rendered.details),
         ..Default::default()
-    };
-    ProcessingResponse {
-        response: Some(Reply::ImmediateResponse(ImmediateResponse {
-            status: Some(HttpStatus {
-                code: i32::from(rendered.http_status),
-            }),
-            headers: Some(HeaderMutation {
-                set_headers: vec![content_type],
-                ..Default::default()
-            }),
-            body: rendered.body.clone(),
-            details: format!("registry_gateway_{}", rendered.details),
-            ..Default::default()
-        })),
-        ..Default::default()
-    }
+    }))
 }
