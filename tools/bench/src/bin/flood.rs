@@ -238,7 +238,7 @@ async fn run(args: Args) -> Result<Report, String> {
         "names": done,
         "seconds": (elapsed.as_secs_f64() * 10.0).round() / 10.0,
         "decisions_per_second": (done as f64 / elapsed.as_secs_f64()).round(),
-        "flood_refused": flood.refused.load(Ordering::Relaxed),
+        "flood_unavailable": flood.refused.load(Ordering::Relaxed),
         "flood_errors": errors,
         "client_check": args.client_check,
         "concurrency": args.concurrency,
@@ -567,7 +567,8 @@ impl Flood {
         }
     }
 
-    /// `true` when the push was let through (and its 201 reported).
+    /// `true` when the push was let through (and its 201 reported), `false` when it was refused
+    /// with 503 because the registry did not answer the sidecar in time.
     async fn push(
         &self,
         client: &mut ExternalProcessorClient<Channel>,
@@ -578,8 +579,13 @@ impl Flood {
         if let Verdict::Refused(status) = verdict {
             return Err(format!("request headers refused with {status}"));
         }
-        if let Verdict::Refused(status) = exchange.send(body(&self.manifest), "body").await? {
-            return Err(format!("a valid name's push refused with {status}"));
+        match exchange.send(body(&self.manifest), "body").await? {
+            // The registry did not answer in time: the push is refused, as it should be.
+            Verdict::Refused(503) => return Ok(false),
+            Verdict::Refused(status) => {
+                return Err(format!("a valid name's push refused with {status}"));
+            }
+            Verdict::Continue => {}
         }
         exchange.send(response_headers(201), "response").await?;
         exchange.finish().await?;
@@ -597,7 +603,12 @@ struct Honest {
     /// Per repository: (tag, admitted, registry status) in order.
     outcomes: Vec<Vec<(String, bool, u16)>>,
     errors: Vec<String>,
+    /// Pushes tried again after a 503.
+    retries: usize,
 }
+
+const HONEST_TRIES: usize = 5;
+const UNAVAILABLE: &str = "refused with 503";
 
 impl Honest {
     /// Uploads the image's blobs into every honest repository, so admitted manifests are stored.
@@ -620,6 +631,7 @@ impl Honest {
             limit: args.honest_limit,
             manifest: layout.manifest.clone(),
             errors: Vec::new(),
+            retries: 0,
         }
     }
 
@@ -655,12 +667,20 @@ impl Honest {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             let repo = self.repos[r].clone();
-            match tokio::time::timeout(
-                STREAM_TIMEOUT,
-                self.push(&mut client, &registry, &repo, &tag),
-            )
-            .await
-            {
+            // A client retries a 503 (the registry did not answer the sidecar in time).
+            let mut result = Ok(Err(String::new()));
+            for _ in 0..HONEST_TRIES {
+                result = tokio::time::timeout(
+                    STREAM_TIMEOUT,
+                    self.push(&mut client, &registry, &repo, &tag),
+                )
+                .await;
+                if !matches!(&result, Ok(Err(e)) if e == UNAVAILABLE) {
+                    break;
+                }
+                self.retries += 1;
+            }
+            match result {
                 Ok(Ok((admitted, status))) => self.outcomes[r].push((tag, admitted, status)),
                 Ok(Err(e)) => self.errors.push(format!("{repo}:{tag}: {e}")),
                 Err(_) => self
@@ -691,6 +711,7 @@ impl Honest {
         }
         match exchange.send(body(&self.manifest), "body").await? {
             Verdict::Refused(403) => Ok((false, 0)),
+            Verdict::Refused(503) => Err(UNAVAILABLE.to_owned()),
             Verdict::Refused(status) => Err(format!("refused with {status}, not 403")),
             Verdict::Continue => {
                 let stored = registry
@@ -754,6 +775,7 @@ impl Honest {
             "admitted": admitted,
             "expected_admitted": self.repos.len() * (self.limit + 1),
             "errors": self.errors.len(),
+            "retries_after_503": self.retries,
         })
     }
 }
