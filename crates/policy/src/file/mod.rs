@@ -22,8 +22,8 @@ use std::fmt;
 
 use self::shape::{KeyValue, Keys, read_document, set_key, unknown_key_message, with_nested};
 use self::values::{
-    Inherited, count_value, enforcement_value, exclude_value, one_line, rules_value, share_value,
-    size_value,
+    Inherited, exclude_value, key_value, one_line, read_count, read_enforcement, read_share,
+    read_size, rules_value,
 };
 use self::yaml::{NO_OFFSET, Node, Value, parse_yaml};
 use super::size::ByteSize;
@@ -169,12 +169,12 @@ pub fn compile(source: &ConfigSource) -> Result<Policy, LoadError> {
 fn build(file: &str, keys: Keys<'_>, problems: &mut Vec<Problem>) -> Option<Policy> {
     let max_image_size = keys
         .max_image_size
-        .map(|kv| size_value(&kv, "max_image_size", problems))
+        .map(|kv| key_value(&kv, "max_image_size", problems, read_size))
         .unwrap_or(Some(DEFAULT_MAX_IMAGE_SIZE))
         .unwrap_or(DEFAULT_MAX_IMAGE_SIZE);
     let tag_count_limit = keys
         .tag_count_limit
-        .map(|kv| count_value(&kv, "tag_count_limit", problems))
+        .map(|kv| key_value(&kv, "tag_count_limit", problems, read_count))
         .unwrap_or(Some(DEFAULT_TAG_COUNT_LIMIT))
         .unwrap_or(DEFAULT_TAG_COUNT_LIMIT);
     let exclude_tags = keys
@@ -183,11 +183,11 @@ fn build(file: &str, keys: Keys<'_>, problems: &mut Vec<Problem>) -> Option<Poli
         .unwrap_or_default();
     let enforcement = keys
         .enforcement
-        .and_then(|kv| enforcement_value(&kv, "enforcement", problems))
+        .and_then(|kv| key_value(&kv, "enforcement", problems, read_enforcement))
         .unwrap_or_default();
     let warn_at = keys
         .warn_at
-        .and_then(|kv| share_value(&kv, "warn_at", problems));
+        .and_then(|kv| key_value(&kv, "warn_at", problems, read_share));
     let global = Limits {
         max_image_size,
         tag_count_limit,

@@ -10,87 +10,74 @@ use crate::rollout::{Enforcement, Share};
 use crate::rule::{Rule, TagFilter};
 use crate::size::ByteSize;
 
-pub(super) fn size_value(
+/// A reader of one value: its problems go to `ctx`, and a bad value gives `None`.
+pub(super) type Reader<T> = fn(&mut Ctx<'_>, &Node, &str) -> Option<T>;
+
+/// Reads `node` with `read` into `slot`; `false` when the value is bad.
+fn read_into<T>(
+    slot: &mut Option<T>,
+    read: Reader<T>,
+    ctx: &mut Ctx<'_>,
+    node: &Node,
+    field: &str,
+) -> bool {
+    *slot = read(ctx, node, field);
+    slot.is_some()
+}
+
+/// Reads the value of `kv` with `read` (one of the `read_*` readers), each problem located in
+/// the key's own file.
+pub(super) fn key_value<T>(
     kv: &KeyValue<'_>,
     field: &str,
     problems: &mut Vec<Problem>,
-) -> Option<ByteSize> {
+    read: Reader<T>,
+) -> Option<T> {
     let mut ctx = Ctx {
         file: kv.file,
         offset: kv.offset,
         problems,
     };
-    read_size(&mut ctx, &kv.node, field)
+    read(&mut ctx, &kv.node, field)
 }
 
-pub(super) fn count_value(
-    kv: &KeyValue<'_>,
+/// A value written as a string and read with `T`'s `FromStr`; any other kind of value is refused
+/// with the message `otherwise` gives.
+fn read_parsed<T: std::str::FromStr<Err = String>>(
+    ctx: &mut Ctx<'_>,
+    node: &Node,
     field: &str,
-    problems: &mut Vec<Problem>,
-) -> Option<u64> {
-    let mut ctx = Ctx {
-        file: kv.file,
-        offset: kv.offset,
-        problems,
-    };
-    read_count(&mut ctx, &kv.node, field)
-}
-
-pub(super) fn enforcement_value(
-    kv: &KeyValue<'_>,
-    field: &str,
-    problems: &mut Vec<Problem>,
-) -> Option<Enforcement> {
-    let mut ctx = Ctx {
-        file: kv.file,
-        offset: kv.offset,
-        problems,
-    };
-    read_enforcement(&mut ctx, &kv.node, field)
-}
-
-pub(super) fn share_value(
-    kv: &KeyValue<'_>,
-    field: &str,
-    problems: &mut Vec<Problem>,
-) -> Option<Share> {
-    let mut ctx = Ctx {
-        file: kv.file,
-        offset: kv.offset,
-        problems,
-    };
-    read_share(&mut ctx, &kv.node, field)
-}
-
-fn read_enforcement(ctx: &mut Ctx<'_>, node: &Node, field: &str) -> Option<Enforcement> {
+    otherwise: impl FnOnce(&Value) -> String,
+) -> Option<T> {
     let parsed = match &node.value {
-        Value::Str(s) => s.trim().parse::<Enforcement>(),
-        other => Err(format!(
-            "expected enforce, warn or dry-run, found {}",
-            other.kind()
-        )),
+        Value::Str(s) => s.trim().parse::<T>(),
+        other => Err(otherwise(other)),
     };
     parsed.map_err(|e| ctx.at(Some(node), field, e)).ok()
 }
 
-fn read_share(ctx: &mut Ctx<'_>, node: &Node, field: &str) -> Option<Share> {
-    let parsed = match &node.value {
-        Value::Str(s) => s.trim().parse::<Share>(),
-        Value::Int(i) => Err(format!(
+pub(super) fn read_enforcement(ctx: &mut Ctx<'_>, node: &Node, field: &str) -> Option<Enforcement> {
+    read_parsed(ctx, node, field, |other| {
+        format!("expected enforce, warn or dry-run, found {}", other.kind())
+    })
+}
+
+pub(super) fn read_share(ctx: &mut Ctx<'_>, node: &Node, field: &str) -> Option<Share> {
+    read_parsed(ctx, node, field, |other| match other {
+        Value::Int(i) => format!(
             "expected a share of the limit such as \"90%\", found the number {i}; write it with a percent sign"
-        )),
-        Value::Float(f) => Err(format!(
+        ),
+        Value::Float(f) => format!(
             "expected a share of the limit such as \"90%\", found the number {f}; write it with a percent sign"
-        )),
-        other => Err(format!(
+        ),
+        other => format!(
             "expected a share of the limit such as \"90%\", found {}",
             other.kind()
-        )),
-    };
-    parsed.map_err(|e| ctx.at(Some(node), field, e)).ok()
+        ),
+    })
 }
 
-fn read_size(ctx: &mut Ctx<'_>, node: &Node, field: &str) -> Option<ByteSize> {
+pub(super) fn read_size(ctx: &mut Ctx<'_>, node: &Node, field: &str) -> Option<ByteSize> {
     let text = match &node.value {
         Value::Str(s) => s.trim().to_owned(),
         Value::Int(i) => i.to_string(),
@@ -114,7 +101,7 @@ fn read_size(ctx: &mut Ctx<'_>, node: &Node, field: &str) -> Option<ByteSize> {
     }
 }
 
-fn read_count(ctx: &mut Ctx<'_>, node: &Node, field: &str) -> Option<u64> {
+pub(super) fn read_count(ctx: &mut Ctx<'_>, node: &Node, field: &str) -> Option<u64> {
     let expected = "expected a whole number of tags, zero or more";
     let parsed = match &node.value {
         Value::Int(i) => u64::try_from(*i).ok(),
@@ -308,24 +295,19 @@ fn read_rule(ctx: &mut Ctx<'_>, index: usize, node: &Node, inherited: &Inherited
                 };
                 match &key.value {
                     Value::Str(k) if k == "max_image_size" => {
-                        max_image_size = read_size(ctx, value, &field);
-                        ok &= max_image_size.is_some();
+                        ok &= read_into(&mut max_image_size, read_size, ctx, value, &field);
                     }
                     Value::Str(k) if k == "tag_count_limit" => {
-                        tag_count_limit = read_count(ctx, value, &field);
-                        ok &= tag_count_limit.is_some();
+                        ok &= read_into(&mut tag_count_limit, read_count, ctx, value, &field);
                     }
                     Value::Str(k) if k == "exclude_tags" => {
-                        exclude = read_exclude(ctx, value, &field);
-                        ok &= exclude.is_some();
+                        ok &= read_into(&mut exclude, read_exclude, ctx, value, &field);
                     }
                     Value::Str(k) if k == "enforcement" => {
-                        enforcement = read_enforcement(ctx, value, &field);
-                        ok &= enforcement.is_some();
+                        ok &= read_into(&mut enforcement, read_enforcement, ctx, value, &field);
                     }
                     Value::Str(k) if k == "warn_at" => {
-                        warn_at = read_share(ctx, value, &field);
-                        ok &= warn_at.is_some();
+                        ok &= read_into(&mut warn_at, read_share, ctx, value, &field);
                     }
                     Value::Str(k) => {
                         ctx.at(
@@ -341,21 +323,13 @@ fn read_rule(ctx: &mut Ctx<'_>, index: usize, node: &Node, inherited: &Inherited
                     }
                 }
             }
-            for (name, present) in [
-                (
-                    "max_image_size",
-                    entries
-                        .iter()
-                        .any(|(k, _)| matches!(&k.value, Value::Str(s) if s == "max_image_size")),
-                ),
-                (
-                    "tag_count_limit",
-                    entries
-                        .iter()
-                        .any(|(k, _)| matches!(&k.value, Value::Str(s) if s == "tag_count_limit")),
-                ),
-            ] {
-                if !present {
+            let present = |name: &str| {
+                entries
+                    .iter()
+                    .any(|(k, _)| matches!(&k.value, Value::Str(s) if s == name))
+            };
+            for name in ["max_image_size", "tag_count_limit"] {
+                if !present(name) {
                     ctx.at(
                         limit_key.or(Some(l)),
                         &format!("{here}.limit.{name}"),
