@@ -240,9 +240,34 @@ fn basic(username: &str, password: &str) -> String {
     out
 }
 
+/// A registry with Basic auth: the tag `v1` to a client whose `authorization` header `accepts`
+/// takes, a Basic challenge for `realm` to any other.
+async fn basic_registry(
+    realm: &str,
+    accepts: impl Fn(Option<&str>) -> bool + Send + Sync + 'static,
+) -> Server {
+    let challenge = format!(r#"Basic realm="{realm}""#);
+    Server::start(move |r| {
+        if accepts(r.authorization()) {
+            Reply::tags(&["v1"])
+        } else {
+            Reply::unauthorized(challenge.clone())
+        }
+    })
+    .await
+}
+
 fn write_credentials(dir: &Path, username: &str, password: &str) {
     std::fs::write(dir.join("username"), username).expect("write username");
     std::fs::write(dir.join("password"), password).expect("write password");
+}
+
+/// A mounted Secret's directory holding `username` and `password`, and credentials read from it.
+fn credentials_dir(username: &str, password: &str) -> (tempfile::TempDir, Credentials) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_credentials(dir.path(), username, password);
+    let credentials = Credentials::Directory(dir.path().to_owned());
+    (dir, credentials)
 }
 
 #[tokio::test]
@@ -349,14 +374,7 @@ async fn a_body_that_is_not_a_tag_list_is_an_invalid_response() {
 #[tokio::test]
 async fn a_basic_challenge_is_answered_and_basic_is_then_sent_up_front() {
     let expected = basic("robot$ci", "s3cret");
-    let server = Server::start(move |r| {
-        if r.authorization() == Some(expected.as_str()) {
-            Reply::tags(&["v1"])
-        } else {
-            Reply::unauthorized(r#"Basic realm="Registry Realm""#)
-        }
-    })
-    .await;
+    let server = basic_registry("Registry Realm", move |a| a == Some(expected.as_str())).await;
     let client = client(&server, user("robot$ci", "s3cret"));
 
     assert_eq!(client.list_tags("app").await, Ok(vec!["v1".to_owned()]));
@@ -432,14 +450,7 @@ async fn a_bearer_challenge_is_answered_with_an_access_token_field_and_the_token
 #[tokio::test]
 async fn wrong_credentials_are_unauthorized_for_basic_and_for_token_registries() {
     let expected = basic("alice", "pw");
-    let basic_registry = Server::start(move |r| {
-        if r.authorization() == Some(expected.as_str()) {
-            Reply::tags(&["v1"])
-        } else {
-            Reply::unauthorized(r#"Basic realm="r""#)
-        }
-    })
-    .await;
+    let basic_registry = basic_registry("r", move |a| a == Some(expected.as_str())).await;
     let token_registry = token_registry("token").await;
 
     for server in [&basic_registry, &token_registry] {
@@ -544,17 +555,12 @@ async fn an_unreachable_registry_is_a_transport_error_that_names_no_credentials(
 async fn rotated_credentials_in_the_directory_apply_to_the_next_call() {
     let accepted = Arc::new(Mutex::new(basic("alice", "one")));
     let current = accepted.clone();
-    let server = Server::start(move |r| {
-        if r.authorization() == Some(current.lock().expect("accepted").as_str()) {
-            Reply::tags(&["v1"])
-        } else {
-            Reply::unauthorized(r#"Basic realm="r""#)
-        }
+    let server = basic_registry("r", move |a| {
+        a == Some(current.lock().expect("accepted").as_str())
     })
     .await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    write_credentials(dir.path(), "alice\n", "one\n");
-    let client = client(&server, Credentials::Directory(dir.path().to_owned()));
+    let (dir, credentials) = credentials_dir("alice\n", "one\n");
+    let client = client(&server, credentials);
     assert_eq!(client.list_tags("app").await, Ok(vec!["v1".to_owned()]));
 
     // The old password is revoked at once: the 401 makes the client re-read the directory
@@ -570,20 +576,12 @@ async fn rotated_credentials_in_the_directory_apply_to_the_next_call() {
 #[tokio::test]
 async fn rotated_credentials_are_picked_up_without_a_401_once_their_files_change() {
     let accepted = [basic("alice", "one"), basic("bob", "two")];
-    let server = Server::start(move |r| {
-        if accepted
-            .iter()
-            .any(|a| r.authorization() == Some(a.as_str()))
-        {
-            Reply::tags(&["v1"])
-        } else {
-            Reply::unauthorized(r#"Basic realm="r""#)
-        }
+    let server = basic_registry("r", move |a| {
+        accepted.iter().any(|ok| a == Some(ok.as_str()))
     })
     .await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    write_credentials(dir.path(), "alice", "one");
-    let client = client(&server, Credentials::Directory(dir.path().to_owned()));
+    let (dir, credentials) = credentials_dir("alice", "one");
+    let client = client(&server, credentials);
     assert_eq!(client.list_tags("app").await, Ok(vec!["v1".to_owned()]));
 
     write_credentials(dir.path(), "bob", "two");
@@ -624,10 +622,8 @@ async fn credentials_cross_plain_http_only_when_allowed() {
     assert!(refused.is_err_and(|e| e.to_string().contains("clear text")));
 
     // A mounted Secret that gains a user name after start-up is held to the same rule.
-    let dir = tempfile::tempdir().expect("temp dir");
-    write_credentials(dir.path(), "", "");
-    let client = RegistryClient::new(strict(Credentials::Directory(dir.path().to_owned())))
-        .expect("anonymous at start");
+    let (dir, credentials) = credentials_dir("", "");
+    let client = RegistryClient::new(strict(credentials)).expect("anonymous at start");
     write_credentials(dir.path(), "u", "p");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let got = client.list_tags("app").await;
