@@ -5,7 +5,7 @@
 
 use crate::support;
 
-use support::{HttpReply, RegistryClient, RegistryOptions, Stack, StackOptions, sha256_digest};
+use support::{HttpReply, RegistryClient, Scrape, Stack, StackOptions, sha256_digest};
 
 const CONFIG: &str = "\
 max_image_size: 100MB
@@ -36,6 +36,14 @@ async fn blobs(client: &RegistryClient, repo: &str) -> (String, String) {
     (config, layer)
 }
 
+/// The stack with [`CONFIG`], its client through Envoy, and [`blobs`] in `project-1/app`.
+async fn stack_with_blobs() -> (Stack, RegistryClient, (String, String)) {
+    let stack = Stack::start(CONFIG).await;
+    let client = stack.client();
+    let blobs = blobs(&client, "project-1/app").await;
+    (stack, client, blobs)
+}
+
 fn manifest(config: &str, layers: &str, marker: &str) -> Vec<u8> {
     format!(
         r#"{{"schemaVersion":2,"mediaType":"{OCI}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":2}},{layers},"annotations":{{"m":"{marker}"}}}}"#
@@ -53,10 +61,8 @@ fn layer(digest: &str, size: u64) -> String {
 /// measure 11 bytes while Go's `encoding/json` (the registry's) reads 25 MiB.
 #[tokio::test]
 async fn manifests_the_registry_would_read_differently_are_refused_and_never_stored() {
-    let stack = Stack::start_with(StackOptions::new(CONFIG)).await;
-    let client = stack.client();
+    let (stack, client, (config, small)) = stack_with_blobs().await;
     let repo = "project-1/app";
-    let (config, small) = blobs(&client, repo).await;
     let big = layer(&small, 25 * MIB);
     let tiny = layer(&small, 11);
     let attempts: Vec<(&str, String, &str)> = vec![
@@ -130,10 +136,8 @@ async fn manifests_the_registry_would_read_differently_are_refused_and_never_sto
 /// slot, and a 3-tag repository still takes its three real tags.
 #[tokio::test]
 async fn encoded_digest_references_take_no_slot_and_lock_nobody_out() {
-    let stack = Stack::start_with(StackOptions::new(CONFIG)).await;
-    let client = stack.client();
+    let (stack, client, (config, small)) = stack_with_blobs().await;
     let repo = "project-1/app";
-    let (config, small) = blobs(&client, repo).await;
     for (i, colon) in ["%3A", "%3a", "%3A"].iter().enumerate() {
         let body = manifest(
             &config,
@@ -246,11 +250,7 @@ async fn invalid_names_and_tags_are_answered_by_the_gateway_without_any_upstream
 async fn clients_the_registry_refuses_take_no_slot_and_read_no_count_in_either_mode() {
     const USER: &str = "pusher";
     const PASSWORD: &str = "honest-pass";
-    let stack = Stack::start_with(StackOptions {
-        registry: RegistryOptions::with_htpasswd(USER, PASSWORD),
-        ..StackOptions::new(CONFIG)
-    })
-    .await;
+    let stack = Stack::start_with(StackOptions::with_htpasswd(CONFIG, USER, PASSWORD)).await;
     let authz = stack.start_envoy("envoy/ext-authz.yaml").await;
     let honest = stack.client();
     let repo = "project-1/app";
@@ -300,22 +300,12 @@ async fn clients_the_registry_refuses_take_no_slot_and_read_no_count_in_either_m
         .await;
     assert_eq!(reply.status, 201, "the honest third tag: {}", reply.text());
     let reply = honest.put_manifest(repo, "v4", OCI, &image("v4", 11)).await;
-    assert_eq!(reply.status, 403, "{}", reply.text());
-    assert!(
-        reply.text().contains("already has 3 tags"),
-        "{}",
-        reply.text()
-    );
+    reply.assert_answer(403, "already has 3 tags");
     assert_eq!(
         stack.registry_client().list_tags(repo).await,
         ["v1", "v2", "v3"]
     );
-    let metrics = stack
-        .gateway
-        .admin()
-        .request("GET", "/metrics", &[], None)
-        .await
-        .text();
+    let metrics = Scrape::take(&stack.gateway.admin()).await.0;
     assert!(
         metrics.contains("registry_gateway_client_checks_total{result=\"refused\"}"),
         "{metrics}"

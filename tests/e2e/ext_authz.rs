@@ -43,64 +43,31 @@ async fn run(client: &RegistryClient, prefix: &str) -> Vec<(String, Seen)> {
     let schema1 =
         std::fs::read(repo_root().join("tests/fixtures/manifests/schema1-signed.busybox.json"))
             .expect("fixture");
-    let mut results = Vec::new();
-    let mut record =
-        |name: &str, reply: HttpReply| results.push((name.to_owned(), seen(&reply, &repo)));
-
-    record(
-        "first tag",
-        client
-            .put_manifest(&repo, "v1", OCI, &manifest(16, "1"))
-            .await,
-    );
-    record(
-        "over 1MB",
-        client
-            .put_manifest(&repo, "v2", OCI, &manifest(1024 * 1024 + 1, "2"))
-            .await,
-    );
-    record(
-        "second tag",
-        client
-            .put_manifest(&repo, "v2", OCI, &manifest(16, "2"))
-            .await,
-    );
-    record(
-        "third tag over the limit",
-        client
-            .put_manifest(&repo, "v3", OCI, &manifest(16, "3"))
-            .await,
-    );
-    record(
-        "existing tag moves",
-        client
-            .put_manifest(&repo, "v1", OCI, &manifest(16, "1b"))
-            .await,
-    );
-    record(
-        "schema 1",
-        client
-            .put_manifest(
-                &repo,
-                "v9",
-                "application/vnd.docker.distribution.manifest.v1+prettyjws",
-                &schema1,
-            )
-            .await,
-    );
-    record(
-        "malformed",
-        client
-            .put_manifest(&repo, "v9", OCI, br#"{"layers":[{"size":-1}]}"#)
-            .await,
-    );
     let mut padded = manifest(16, "p");
     padded.truncate(padded.len() - 2);
     padded.extend_from_slice(format!(r#","x":"{}"}}}}"#, " ".repeat(4 * 1024 * 1024)).as_bytes());
-    record(
-        "over 4 MiB",
-        client.put_manifest(&repo, "v9", OCI, &padded).await,
-    );
+    const SCHEMA1: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
+    // In order: each push sees the tags the ones before it left.
+    let pushes: [(&str, &str, &str, Vec<u8>); 8] = [
+        ("first tag", "v1", OCI, manifest(16, "1")),
+        ("over 1MB", "v2", OCI, manifest(1024 * 1024 + 1, "2")),
+        ("second tag", "v2", OCI, manifest(16, "2")),
+        ("third tag over the limit", "v3", OCI, manifest(16, "3")),
+        ("existing tag moves", "v1", OCI, manifest(16, "1b")),
+        ("schema 1", "v9", SCHEMA1, schema1),
+        (
+            "malformed",
+            "v9",
+            OCI,
+            br#"{"layers":[{"size":-1}]}"#.to_vec(),
+        ),
+        ("over 4 MiB", "v9", OCI, padded),
+    ];
+    let mut results = Vec::new();
+    for (name, tag, content_type, body) in &pushes {
+        let reply = client.put_manifest(&repo, tag, content_type, body).await;
+        results.push(((*name).to_owned(), seen(&reply, &repo)));
+    }
     let blob = client
         .try_upload_blob(&repo, &vec![7u8; 2 * 1024 * 1024])
         .await;

@@ -8,7 +8,7 @@ use crate::support;
 use std::time::{Duration, Instant};
 
 use support::{
-    Envoy, EnvoyOptions, Gateway, GatewayOptions, Redis, Registry, RegistryClient, RegistryOptions,
+    Envoy, Gateway, GatewayOptions, Redis, Registry, RegistryClient, RegistryOptions, Scrape,
     redis_cluster,
 };
 
@@ -38,11 +38,7 @@ impl Pods {
                 .map(|s| s.to_string())
                 .collect();
             let gateway = Gateway::start(options).await;
-            let envoy = Envoy::start(EnvoyOptions {
-                registry_addr: registry.addr(),
-                gateway_addr: gateway.grpc_addr(),
-            })
-            .await;
+            let envoy = Envoy::start_between(registry.addr(), gateway.grpc_addr()).await;
             pairs.push((gateway, envoy));
         }
         Pods {
@@ -67,6 +63,12 @@ async fn image(client: &RegistryClient, repo: &str) -> impl Fn(&str) -> Vec<u8> 
         )
         .into_bytes()
     }
+}
+
+/// PUTs `body` as `repo:tag` through `client`; it must be stored (201).
+async fn assert_stored(client: &RegistryClient, repo: &str, tag: &str, body: &[u8]) {
+    let reply = client.put_manifest(repo, tag, OCI, body).await;
+    assert_eq!(reply.status, 201, "{repo}:{tag}: {}", reply.text());
 }
 
 /// `n` concurrent pushes of new tags into `repo`, spread round-robin over `clients`; returns
@@ -226,23 +228,12 @@ async fn with_redis_stopped_counts_answer_503_promptly_and_sizes_are_still_judge
     let client = pods.clients().remove(0);
     let repo = "shared/stopped";
     let manifest = image(&client, repo).await;
-    assert_eq!(
-        client
-            .put_manifest(repo, "v1", OCI, &manifest("1"))
-            .await
-            .status,
-        201
-    );
+    assert_stored(&client, repo, "v1", &manifest("1")).await;
     redis.stop().await;
     let started = Instant::now();
     let reply = client.put_manifest(repo, "v2", OCI, &manifest("2")).await;
     let elapsed = started.elapsed();
-    assert_eq!(reply.status, 503, "{}", reply.text());
-    assert!(
-        reply.text().contains("shared state store"),
-        "{}",
-        reply.text()
-    );
+    reply.assert_answer(503, "shared state store");
     assert!(
         elapsed < Duration::from_secs(4),
         "answered after {elapsed:?}"
@@ -289,13 +280,7 @@ async fn a_rolling_restart_fails_no_pull_and_admits_exactly_the_room_left() {
     let repo = "shared/rollout";
     let direct = pods.registry.client();
     let manifest = image(&direct, repo).await;
-    assert_eq!(
-        direct
-            .put_manifest(repo, "base", OCI, &manifest("base"))
-            .await
-            .status,
-        201
-    );
+    assert_stored(&direct, repo, "base", &manifest("base")).await;
 
     let ready: Arc<RwLock<Vec<(usize, RegistryClient)>>> = Arc::new(RwLock::new(
         pods.clients().into_iter().enumerate().collect(),
@@ -337,11 +322,7 @@ async fn a_rolling_restart_fails_no_pull_and_admits_exactly_the_room_left() {
         );
         let options = gateway.options().clone();
         let gateway = Gateway::start(options).await;
-        let envoy = Envoy::start(EnvoyOptions {
-            registry_addr: pods.registry.addr(),
-            gateway_addr: gateway.grpc_addr(),
-        })
-        .await;
+        let envoy = Envoy::start_between(pods.registry.addr(), gateway.grpc_addr()).await;
         let client = envoy.client();
         pods.pairs[pod] = (gateway, envoy);
         ready.write().expect("rotation").push((pod, client));
@@ -371,13 +352,7 @@ async fn a_warm_decision_is_one_store_round_trip() {
     let client = pods.clients().remove(0);
     let repo = "shared/warm";
     let manifest = image(&client, repo).await;
-    assert_eq!(
-        client
-            .put_manifest(repo, "cold", OCI, &manifest("c"))
-            .await
-            .status,
-        201
-    );
+    assert_stored(&client, repo, "cold", &manifest("c")).await;
     let calls = |text: &str, op: &str| -> u64 {
         text.lines()
             .filter(|l| {
@@ -388,14 +363,13 @@ async fn a_warm_decision_is_one_store_round_trip() {
             .sum::<f64>() as u64
     };
     let admin = pods.pairs[0].0.admin();
-    let before = admin.request("GET", "/metrics", &[], None).await.text();
+    let before = Scrape::take(&admin).await.0;
     for tag in ["w1", "w2", "w3", "cold"] {
-        let reply = client.put_manifest(repo, tag, OCI, &manifest(tag)).await;
-        assert_eq!(reply.status, 201, "{tag}: {}", reply.text());
+        assert_stored(&client, repo, tag, &manifest(tag)).await;
     }
     // Settlements are sent without waiting; let them land.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = admin.request("GET", "/metrics", &[], None).await.text();
+    let after = Scrape::take(&admin).await.0;
     assert_eq!(
         calls(&after, "decide") - calls(&before, "decide"),
         4,

@@ -41,6 +41,16 @@ impl Envoy {
         Envoy::start_with_config(&envoy_config_path(), options).await
     }
 
+    /// [`Envoy::start`] in front of the registry at `registry_addr`, sending its ext_proc streams
+    /// to `gateway_addr`.
+    pub async fn start_between(registry_addr: SocketAddr, gateway_addr: SocketAddr) -> Envoy {
+        Envoy::start(EnvoyOptions {
+            registry_addr,
+            gateway_addr,
+        })
+        .await
+    }
+
     /// [`Envoy::start`] with another shipped config of the same shape (one listener, clusters
     /// `registry` and `registry-gateway`), e.g. `envoy/ext-authz.yaml`.
     pub async fn start_with_config(config_file: &Path, options: EnvoyOptions) -> Envoy {

@@ -243,6 +243,15 @@ impl StackOptions {
             gateway_env: Vec::new(),
         }
     }
+
+    /// A registry with htpasswd auth for `user`, whose credentials the sidecar reads from a
+    /// mounted Secret ([`StackOptions::credentials_dir`]).
+    pub fn with_htpasswd(config_yaml: &str, user: &str, password: &str) -> StackOptions {
+        StackOptions {
+            registry: RegistryOptions::with_htpasswd(user, password),
+            ..StackOptions::new(config_yaml)
+        }
+    }
 }
 
 /// The sidecar topology of the README: client → Envoy (`envoy/envoy.yaml`) → registry, Envoy calling the
@@ -291,11 +300,7 @@ impl Stack {
             .extend(options.gateway_extra_args.iter().cloned());
         gateway_options.env = options.gateway_env.clone();
         let gateway = Gateway::start(gateway_options).await;
-        let envoy = Envoy::start(EnvoyOptions {
-            registry_addr: registry.addr(),
-            gateway_addr: gateway.grpc_addr(),
-        })
-        .await;
+        let envoy = Envoy::start_between(registry.addr(), gateway.grpc_addr()).await;
         Stack {
             envoy,
             gateway,

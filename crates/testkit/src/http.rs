@@ -41,6 +41,13 @@ impl HttpReply {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
+    /// Panics with the body unless the answer is `status` and its body holds `needle`.
+    pub fn assert_answer(&self, status: u16, needle: &str) {
+        let text = self.text();
+        assert_eq!(self.status, status, "{text}");
+        assert!(text.contains(needle), "expected {needle:?} in: {text}");
+    }
+
     /// The body as JSON; panics with the body if it is not.
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| {
@@ -204,48 +211,44 @@ impl RegistryClient {
         content_type: &str,
         body: &[u8],
     ) -> HttpReply {
-        self.request(
-            "PUT",
-            &format!("/v2/{name}/manifests/{reference}"),
-            &[("content-type", content_type)],
-            Some(body.to_vec()),
-        )
-        .await
+        let headers = [("content-type", content_type)];
+        self.manifest_request("PUT", name, reference, &headers, Some(body.to_vec()))
+            .await
     }
 
     /// `GET /v2/<name>/manifests/<reference>`, accepting every manifest media type.
     pub async fn get_manifest(&self, name: &str, reference: &str) -> HttpReply {
-        self.request(
-            "GET",
-            &format!("/v2/{name}/manifests/{reference}"),
-            &[("accept", MANIFEST_ACCEPT)],
-            None,
-        )
-        .await
+        let headers = [("accept", MANIFEST_ACCEPT)];
+        self.manifest_request("GET", name, reference, &headers, None)
+            .await
     }
 
     /// `HEAD /v2/<name>/manifests/<reference>`, accepting every manifest media type
     /// (distribution 2.8 answers 404 to a GET or HEAD of an OCI manifest whose `Accept` lacks the
     /// OCI type).
     pub async fn head_manifest(&self, name: &str, reference: &str) -> HttpReply {
-        self.request(
-            "HEAD",
-            &format!("/v2/{name}/manifests/{reference}"),
-            &[("accept", MANIFEST_ACCEPT)],
-            None,
-        )
-        .await
+        let headers = [("accept", MANIFEST_ACCEPT)];
+        self.manifest_request("HEAD", name, reference, &headers, None)
+            .await
     }
 
     /// `DELETE /v2/<name>/manifests/<reference>` (distribution 2.8 deletes by digest only).
     pub async fn delete_manifest(&self, name: &str, reference: &str) -> HttpReply {
-        self.request(
-            "DELETE",
-            &format!("/v2/{name}/manifests/{reference}"),
-            &[],
-            None,
-        )
-        .await
+        self.manifest_request("DELETE", name, reference, &[], None)
+            .await
+    }
+
+    /// `<method> /v2/<name>/manifests/<reference>`.
+    async fn manifest_request(
+        &self,
+        method: &str,
+        name: &str,
+        reference: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> HttpReply {
+        let target = format!("/v2/{name}/manifests/{reference}");
+        self.request(method, &target, headers, body).await
     }
 
     /// `GET /v2/<name>/tags/list`, raw.
@@ -272,16 +275,22 @@ impl RegistryClient {
         }
     }
 
-    /// Pushes a whole layout the way clients do: every blob, then each child manifest by digest
-    /// (for an index), then the top manifest to `reference`. Blob uploads must succeed; the
-    /// first manifest PUT that is not `201` is returned, else the top manifest's reply.
-    pub async fn push_layout(&self, name: &str, reference: &str, layout: &Layout) -> HttpReply {
+    /// Uploads every blob (configs and layers) of the layout's images into repository `name`;
+    /// each upload must succeed.
+    pub async fn upload_layout_blobs(&self, name: &str, layout: &Layout) {
         for image in &layout.images {
             for blob in std::iter::once(&image.config).chain(&image.layers) {
                 let bytes = layout.read_blob(&blob.digest);
                 self.upload_blob(name, &bytes).await;
             }
         }
+    }
+
+    /// Pushes a whole layout the way clients do: every blob, then each child manifest by digest
+    /// (for an index), then the top manifest to `reference`. Blob uploads must succeed; the
+    /// first manifest PUT that is not `201` is returned, else the top manifest's reply.
+    pub async fn push_layout(&self, name: &str, reference: &str, layout: &Layout) -> HttpReply {
+        self.upload_layout_blobs(name, layout).await;
         if layout.is_index() {
             for image in &layout.images {
                 let reply = self
