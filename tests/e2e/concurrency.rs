@@ -37,9 +37,8 @@ use tokio::sync::{Barrier, watch};
 use tokio::task::JoinSet;
 
 use support::{
-    Envoy, EnvoyOptions, Gateway, GatewayOptions, HttpReply, Layout, OCI_MANIFEST, Registry,
-    RegistryClient, RegistryOptions, Stack, StackOptions, eventually, oci_image_layout,
-    sha256_digest, skopeo_copy,
+    Envoy, Gateway, GatewayOptions, HttpReply, Layout, OCI_MANIFEST, Registry, RegistryClient,
+    RegistryOptions, Stack, StackOptions, eventually, oci_image_layout, sha256_digest, skopeo_copy,
 };
 
 /// The tag limit of every repository in these tests.
@@ -81,16 +80,6 @@ fn small_image(seed: u64) -> (tempfile::TempDir, Layout) {
     (dir, layout)
 }
 
-/// Uploads the image's config and layers into `repo` through `client`.
-async fn upload_blobs(client: &RegistryClient, repo: &str, layout: &Layout) {
-    let image = &layout.images[0];
-    for blob in std::iter::once(&image.config).chain(&image.layers) {
-        client
-            .upload_blob(repo, &layout.read_blob(&blob.digest))
-            .await;
-    }
-}
-
 /// Pushes `tags` of the layout's manifest straight to the registry, bypassing Envoy and the
 /// sidecar (the blobs must be there already). The sidecar does not see them.
 async fn seed_tags(direct: &RegistryClient, repo: &str, layout: &Layout, tags: &[String]) {
@@ -116,7 +105,7 @@ async fn prepare_repo(
     layout: &Layout,
     seeded: usize,
 ) {
-    upload_blobs(client, repo, layout).await;
+    client.upload_layout_blobs(repo, layout).await;
     seed_tags(direct, repo, layout, &seeds(seeded)).await;
 }
 
@@ -977,7 +966,7 @@ async fn a_delete_through_envoy_frees_a_slot_at_once() {
     let (stack, _dir, layout) = plain_stack(5).await;
     let client = stack.client();
     let repo = "conc/delete";
-    upload_blobs(&client, repo, &layout).await;
+    client.upload_layout_blobs(repo, &layout).await;
 
     let mut digests = Vec::new();
     for i in 0..LIMIT {
@@ -1208,11 +1197,7 @@ impl ProxiedStack {
         let mut options = GatewayOptions::new(&config_path, &registry.url());
         options.extra_args = vec!["--log".to_owned(), GATEWAY_LOG.to_owned()];
         let gateway = Gateway::start(options).await;
-        let envoy = Envoy::start(EnvoyOptions {
-            registry_addr: proxy.addr,
-            gateway_addr: gateway.grpc_addr(),
-        })
-        .await;
+        let envoy = Envoy::start_between(proxy.addr, gateway.grpc_addr()).await;
         ProxiedStack {
             envoy,
             gateway,
@@ -1443,7 +1428,7 @@ async fn a_refused_push_that_reserved_nothing_counts_no_release() {
     let client = stack.client();
     let admin = stack.gateway.admin();
     let repo = "conc/metrics";
-    upload_blobs(&client, repo, &layout).await;
+    client.upload_layout_blobs(repo, &layout).await;
     let pushed = client
         .put_manifest(repo, "a", OCI_MANIFEST, &layout.manifest)
         .await;

@@ -13,20 +13,29 @@ use crate::support;
 use std::time::{Duration, Instant};
 
 use support::{
-    Envoy, EnvoyOptions, FAKE_DENIAL_MESSAGE, FakeExtProc, Registry, RegistryOptions, TokenIssuer,
-    eventually, free_port, loopback, oci_image_layout, oci_index_layout, raw_http, sha256_digest,
-    skopeo_copy, skopeo_copy_all, skopeo_inspect_raw,
+    Envoy, FAKE_DENIAL_MESSAGE, FakeExtProc, Registry, RegistryOptions, TokenIssuer, eventually,
+    free_port, loopback, oci_image_layout, oci_index_layout, raw_http, sha256_digest, skopeo_copy,
+    skopeo_copy_all, skopeo_inspect_raw,
 };
 
 /// Registry + Envoy whose `registry-gateway` cluster points at a closed port.
 async fn registry_and_envoy_without_sidecar() -> (Registry, Envoy) {
     let registry = Registry::start(RegistryOptions::default()).await;
-    let envoy = Envoy::start(EnvoyOptions {
-        registry_addr: registry.addr(),
-        gateway_addr: loopback(free_port()),
-    })
-    .await;
+    let envoy = envoy_without_sidecar(&registry).await;
     (registry, envoy)
+}
+
+/// Envoy in front of `registry`, its `registry-gateway` cluster pointing at a closed port.
+async fn envoy_without_sidecar(registry: &Registry) -> Envoy {
+    Envoy::start_between(registry.addr(), loopback(free_port())).await
+}
+
+/// Registry + the recording stand-in processor + Envoy between them.
+async fn registry_processor_and_envoy() -> (Registry, FakeExtProc, Envoy) {
+    let registry = Registry::start(RegistryOptions::default()).await;
+    let processor = FakeExtProc::start().await;
+    let envoy = Envoy::start_between(registry.addr(), processor.addr()).await;
+    (registry, processor, envoy)
 }
 
 /// Pseudo-random bytes (not compressible, not all zero).
@@ -239,14 +248,9 @@ async fn no_spelling_of_a_manifest_path_slips_past_the_manifest_route() {
     let (registry, envoy) = registry_and_envoy_without_sidecar().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let layout = oci_image_layout(dir.path(), &[500], 3);
-    let image = &layout.images[0];
     let direct = registry.client();
     for repo in ["direct", "gated"] {
-        for blob in std::iter::once(&image.config).chain(&image.layers) {
-            direct
-                .upload_blob(repo, &layout.read_blob(&blob.digest))
-                .await;
-        }
+        direct.upload_layout_blobs(repo, &layout).await;
     }
 
     // Each spelling, for repository `{repo}`, means `PUT /v2/{repo}/manifests/t` to
@@ -268,25 +272,24 @@ async fn no_spelling_of_a_manifest_path_slips_past_the_manifest_route() {
     ];
     let headers = [("content-type", layout.media_type.as_str())];
     let mut report = Vec::new();
+    // The same request straight to the registry (repository `direct`) and through Envoy
+    // (repository `gated`).
+    let both = |method: &'static str, target: &'static str| {
+        let direct_target = target.replace("{repo}", "direct");
+        let gated_target = target
+            .replace("{repo}", "gated")
+            .replace("%64irect", "%67ated");
+        let (manifest, headers) = (&layout.manifest, &headers);
+        let (registry_addr, envoy_addr) = (registry.addr(), envoy.addr());
+        async move {
+            let via_registry =
+                raw_http(registry_addr, method, &direct_target, headers, manifest).await;
+            let via_envoy = raw_http(envoy_addr, method, &gated_target, headers, manifest).await;
+            (via_registry, via_envoy)
+        }
+    };
     for spelling in spellings {
-        let via_registry = raw_http(
-            registry.addr(),
-            "PUT",
-            &spelling.replace("{repo}", "direct"),
-            &headers,
-            &layout.manifest,
-        )
-        .await;
-        let via_envoy = raw_http(
-            envoy.addr(),
-            "PUT",
-            &spelling
-                .replace("{repo}", "gated")
-                .replace("%64irect", "%67ated"),
-            &headers,
-            &layout.manifest,
-        )
-        .await;
+        let (via_registry, via_envoy) = both("PUT", spelling).await;
         report.push(format!(
             "{spelling}: registry {} / envoy {}",
             via_registry.status, via_envoy.status
@@ -306,22 +309,7 @@ async fn no_spelling_of_a_manifest_path_slips_past_the_manifest_route() {
         ("PUT", "/v2/{repo}/MANIFESTS/t"),
         ("put", "/v2/{repo}/manifests/t"),
     ] {
-        let via_registry = raw_http(
-            registry.addr(),
-            method,
-            &target.replace("{repo}", "direct"),
-            &headers,
-            &layout.manifest,
-        )
-        .await;
-        let via_envoy = raw_http(
-            envoy.addr(),
-            method,
-            &target.replace("{repo}", "gated"),
-            &headers,
-            &layout.manifest,
-        )
-        .await;
+        let (via_registry, via_envoy) = both(method, target).await;
         report.push(format!(
             "{method} {target}: registry {} / envoy {}",
             via_registry.status, via_envoy.status
@@ -379,13 +367,7 @@ fn padded_manifest(manifest: &[u8], total: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn envoy_sends_exactly_manifest_writes_to_ext_proc_with_the_whole_body() {
-    let registry = Registry::start(RegistryOptions::default()).await;
-    let processor = FakeExtProc::start().await;
-    let envoy = Envoy::start(EnvoyOptions {
-        registry_addr: registry.addr(),
-        gateway_addr: processor.addr(),
-    })
-    .await;
+    let (registry, processor, envoy) = registry_processor_and_envoy().await;
     let client = envoy.client();
     let dir = tempfile::tempdir().expect("temp dir");
     let layout = oci_image_layout(dir.path(), &[2048, 10], 5);
@@ -535,6 +517,24 @@ async fn envoy_sends_exactly_manifest_writes_to_ext_proc_with_the_whole_body() {
     assert_eq!(started, streams.len() as u64);
 }
 
+/// skopeo copies `layout` to `dest` with `--dest-creds creds`; else panics with its stderr and
+/// the registry's log.
+async fn assert_copied_with(
+    layout: &support::Layout,
+    dest: &str,
+    creds: &str,
+    what: &str,
+    registry: &Registry,
+) {
+    let copied = skopeo_copy(&layout.dir, dest, &["--dest-creds", creds]).await;
+    assert!(
+        copied.status.success(),
+        "{what}: {}\n{}",
+        String::from_utf8_lossy(&copied.stderr),
+        registry.log()
+    );
+}
+
 #[tokio::test]
 async fn registry_auth_variants_work_and_pass_through_envoy_untouched() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -542,11 +542,7 @@ async fn registry_auth_variants_work_and_pass_through_envoy_untouched() {
 
     // htpasswd (bcrypt) Basic auth.
     let basic = Registry::start(RegistryOptions::with_htpasswd("alice", "s3cret")).await;
-    let envoy = Envoy::start(EnvoyOptions {
-        registry_addr: basic.addr(),
-        gateway_addr: loopback(free_port()),
-    })
-    .await;
+    let envoy = envoy_without_sidecar(&basic).await;
     let anonymous = envoy.client().request("GET", "/v2/", &[], None).await;
     assert_eq!(anonymous.status, 401);
     assert!(
@@ -562,17 +558,15 @@ async fn registry_auth_variants_work_and_pass_through_envoy_untouched() {
         .request("GET", "/v2/", &[], None)
         .await;
     assert_eq!(authed.status, 200);
-    let copied = skopeo_copy(
-        &layout.dir,
-        &format!("{}/basic/app:v1", basic.host()),
-        &["--dest-creds", "alice:s3cret"],
+    let dest = format!("{}/basic/app:v1", basic.host());
+    assert_copied_with(
+        &layout,
+        &dest,
+        "alice:s3cret",
+        "skopeo with Basic auth",
+        &basic,
     )
     .await;
-    assert!(
-        copied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&copied.stderr)
-    );
     assert_eq!(basic.client().list_tags("basic/app").await, vec!["v1"]);
     drop(envoy);
 
@@ -583,11 +577,7 @@ async fn registry_auth_variants_work_and_pass_through_envoy_untouched() {
         ..RegistryOptions::default()
     })
     .await;
-    let envoy = Envoy::start(EnvoyOptions {
-        registry_addr: registry.addr(),
-        gateway_addr: loopback(free_port()),
-    })
-    .await;
+    let envoy = envoy_without_sidecar(&registry).await;
     let challenge = envoy.client().tags_reply("tok/app").await;
     assert_eq!(challenge.status, 401);
     let header = challenge.header("www-authenticate").unwrap_or_default();
@@ -597,18 +587,9 @@ async fn registry_auth_variants_work_and_pass_through_envoy_untouched() {
             && header.contains("scope=\"repository:tok/app:pull\""),
         "{header}"
     );
-    let copied = skopeo_copy(
-        &layout.dir,
-        &format!("{}/tok/app:v1", registry.host()),
-        &["--dest-creds", "robot:t0ken"],
-    )
-    .await;
-    assert!(
-        copied.status.success(),
-        "skopeo with the token flow: {}\n{}",
-        String::from_utf8_lossy(&copied.stderr),
-        registry.log()
-    );
+    let dest = format!("{}/tok/app:v1", registry.host());
+    let what = "skopeo with the token flow";
+    assert_copied_with(&layout, &dest, "robot:t0ken", what, &registry).await;
     assert!(
         issuer
             .requests()
@@ -631,21 +612,11 @@ async fn registry_auth_variants_work_and_pass_through_envoy_untouched() {
 
 #[tokio::test]
 async fn a_processor_that_never_answers_is_cut_off_by_message_timeout() {
-    let registry = Registry::start(RegistryOptions::default()).await;
-    let processor = FakeExtProc::start().await;
-    let envoy = Envoy::start(EnvoyOptions {
-        registry_addr: registry.addr(),
-        gateway_addr: processor.addr(),
-    })
-    .await;
+    let (registry, _processor, envoy) = registry_processor_and_envoy().await;
     let dir = tempfile::tempdir().expect("temp dir");
     let layout = oci_image_layout(dir.path(), &[10], 1);
     let client = envoy.client();
-    for blob in std::iter::once(&layout.images[0].config).chain(&layout.images[0].layers) {
-        client
-            .upload_blob("hang/app", &layout.read_blob(&blob.digest))
-            .await;
-    }
+    client.upload_layout_blobs("hang/app", &layout).await;
 
     // The fake never answers the body of a `/hang/` request: Envoy's message_timeout (5 s)
     // ends the wait, fail-closed, with the same 503 + OCI body as an unreachable sidecar.

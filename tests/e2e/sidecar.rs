@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::{
-    Descriptor, Envoy, EnvoyOptions, Gateway, GatewayOptions, HttpReply, OCI_CONFIG, OCI_LAYER_TAR,
-    OCI_MANIFEST, Registry, RegistryClient, RegistryOptions, Stack, StackOptions, TokenIssuer,
-    eventually, oci_image_layout, oci_index_layout, oci_index_layout_seeded, sha256_digest,
-    skopeo_copy, skopeo_copy_all, skopeo_inspect_raw,
+    Descriptor, Envoy, Gateway, GatewayOptions, HttpReply, OCI_CONFIG, OCI_LAYER_TAR, OCI_MANIFEST,
+    Registry, RegistryClient, RegistryOptions, Stack, StackOptions, TokenIssuer, eventually,
+    oci_image_layout, oci_index_layout, oci_index_layout_seeded, sha256_digest, skopeo_copy,
+    skopeo_copy_all, skopeo_inspect_raw,
 };
 
 /// The seed product's example limits (`tests/fixtures/policy/valid/seed.yaml`).
@@ -275,17 +275,6 @@ async fn assert_fourth_tag_refused_behind_auth(
         registry_tags(direct, "project-1/app").await,
         strings(&["v1", "v2", "v3"])
     );
-}
-
-/// Uploads every blob of a single-image layout into `repo` through `client`.
-async fn upload_layout_blobs(client: &RegistryClient, repo: &str, layout: &support::Layout) {
-    for image in &layout.images {
-        for blob in std::iter::once(&image.config).chain(&image.layers) {
-            client
-                .upload_blob(repo, &layout.read_blob(&blob.digest))
-                .await;
-        }
-    }
 }
 
 /// The registry's tags for `repo`, read directly (not through Envoy), sorted.
@@ -845,7 +834,7 @@ async fn with_the_sidecar_stopped_manifest_writes_fail_fast_blobs_still_upload_a
     let client = stack.client();
     let dir = temp_dir();
     let layout = oci_image_layout(dir.path(), &[5000], 10);
-    upload_layout_blobs(&client, "project-1/app", &layout).await;
+    client.upload_layout_blobs("project-1/app", &layout).await;
     let reply = client
         .put_manifest("project-1/app", "v1", OCI_MANIFEST, &layout.manifest)
         .await;
@@ -930,12 +919,7 @@ async fn with_the_sidecar_stopped_manifest_writes_fail_fast_blobs_still_upload_a
 async fn behind_htpasswd_the_sidecar_reads_tags_with_its_credentials_and_enforces_the_tag_limit() {
     const USER: &str = "ci-pusher";
     const PASSWORD: &str = "s3cret-Basic-pass";
-    let stack = Stack::start_with(StackOptions {
-        registry: RegistryOptions::with_htpasswd(USER, PASSWORD),
-        credentials_dir: true,
-        ..StackOptions::new(SEED_CONFIG)
-    })
-    .await;
+    let stack = Stack::start_with(StackOptions::with_htpasswd(SEED_CONFIG, USER, PASSWORD)).await;
     let creds = format!("{USER}:{PASSWORD}");
     let what = "a fourth tag behind htpasswd";
     assert_fourth_tag_refused_behind_auth(&stack, &creds, 12, &stack.registry_client(), what).await;
@@ -1090,11 +1074,7 @@ impl SplitStack {
         let mut options = GatewayOptions::new(&config, tag_url);
         options.extra_args = strings(extra_args);
         let gateway = Gateway::start(options).await;
-        let envoy = Envoy::start(EnvoyOptions {
-            registry_addr: registry.addr(),
-            gateway_addr: gateway.grpc_addr(),
-        })
-        .await;
+        let envoy = Envoy::start_between(registry.addr(), gateway.grpc_addr()).await;
         SplitStack {
             envoy,
             _gateway: gateway,
@@ -1109,7 +1089,7 @@ async fn an_unreadable_tag_list_refuses_with_503_promptly_unless_configured_to_a
     let direct = registry.client();
     let dir = temp_dir();
     let layout = oci_image_layout(dir.path(), &[4000], 15);
-    upload_layout_blobs(&direct, "project-1/app", &layout).await;
+    direct.upload_layout_blobs("project-1/app", &layout).await;
 
     // Bound but not listening: connections are refused, and no other test can take the port.
     let reserved = tokio::net::TcpSocket::new_v4().expect("socket");
