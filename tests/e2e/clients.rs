@@ -175,25 +175,49 @@ async fn assert_tag_limit_refusal(stack: &Stack, client: Client<'_>, seed: u64) 
     assert_tags(stack, "limited/app", &["v1", "v2"]).await;
 }
 
-/// The answer to a manifest list push by `client`: refused with `first` and the size reason
-/// when the list has a big child, stored otherwise.
-fn assert_list_push(pushed: &Output, client: Client<'_>, refused: bool, first: &str) {
+/// Two manifest lists pushed by `client` as `push_list(tag, second)` does, each of child `a`
+/// and child `second`: `ok` (with `b`, within the limits) is stored; `bad` (with `big`) is
+/// refused with `first` and the size reason, its oversized child refused before the list, so
+/// only `ok` is tagged.
+async fn assert_list_pushes(
+    stack: &Stack,
+    client: Client<'_>,
+    first: &str,
+    push_list: impl AsyncFn(&str, &str) -> Output,
+) {
     let name = client.name();
-    if refused {
-        let mut expected = vec![first, "denied: push to limited/multi@sha256:"];
-        expected.extend(SIZE_REASON);
-        let what = format!("{name} manifest push of a list with a big child");
-        assert_refused(pushed, &what, &expected);
-    } else {
-        let what = format!("{name} manifest push of a list within the limits");
-        assert_success(pushed, &what);
+    for (tag, second, refused) in [("ok", "b", false), ("bad", "big", true)] {
+        let pushed = push_list(tag, second).await;
+        if refused {
+            let mut expected = vec![first, "denied: push to limited/multi@sha256:"];
+            expected.extend(SIZE_REASON);
+            let what = format!("{name} manifest push of a list with a big child");
+            assert_refused(&pushed, &what, &expected);
+        } else {
+            let what = format!("{name} manifest push of a list within the limits");
+            assert_success(&pushed, &what);
+        }
     }
+    assert_tags(stack, "limited/multi", &["ok"]).await;
 }
 
 /// The stack, a fresh podman store and a temp dir: what every podman and buildah test starts
 /// with.
 async fn podman_stack() -> (Stack, Podman, tempfile::TempDir) {
     (Stack::start(CONFIG).await, Podman::new(), temp_dir())
+}
+
+/// [`podman_stack`] with a small image (a file of [`SMALL`] bytes, seeded `seed`) imported as
+/// `<Envoy's host>/<path>`, which it returns too.
+async fn podman_stack_with_small_image(
+    seed: u64,
+    path: &str,
+) -> (Stack, Podman, tempfile::TempDir, String) {
+    let (stack, podman, dir) = podman_stack().await;
+    let image = Client::Podman(&podman)
+        .import_for(&stack, (dir.path(), "small"), SMALL, seed, path)
+        .await;
+    (stack, podman, dir, image)
 }
 
 /// The registry (asked directly) lists exactly `tags` for `repo`.
@@ -305,7 +329,7 @@ async fn docker_manifest_push_with_an_oversized_child_prints_our_reason() {
         )
     };
 
-    for (tag, second, refused) in [("ok", "b", false), ("bad", "big", true)] {
+    let push_list = async |tag: &str, second: &str| {
         let (list, first, second) = names(tag, second);
         let created = docker
             .docker(&["manifest", "create", "--insecure", &list, &first, &second])
@@ -316,14 +340,12 @@ async fn docker_manifest_push_with_an_oversized_child_prints_our_reason() {
             .docker(&["manifest", "annotate", "--arch", "arm64", &list, &second])
             .await;
         assert_success(&annotated, "docker manifest annotate");
-        let pushed = docker
+        docker
             .docker(&["manifest", "push", "--insecure", &list])
-            .await;
-        let first = "failed to put manifest";
-        assert_list_push(&pushed, Client::Docker(&docker), refused, first);
-    }
-    // The oversized child was refused before its list: only the good list is tagged.
-    assert_tags(&stack, "limited/multi", &["ok"]).await;
+            .await
+    };
+    let first = "failed to put manifest";
+    assert_list_pushes(&stack, Client::Docker(&docker), first, push_list).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -394,10 +416,7 @@ async fn docker_pushes_schema_1_only_as_a_fallback_its_daemon_is_told_to_make() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podman_push_within_the_limits_is_stored() {
-    let (stack, podman, dir) = podman_stack().await;
-    let image = Client::Podman(&podman)
-        .import_for(&stack, (dir.path(), "small"), SMALL, 11, "limited/app:v1")
-        .await;
+    let (stack, podman, dir, image) = podman_stack_with_small_image(11, "limited/app:v1").await;
     let digest_file = dir.path().join("digest");
     let digest_arg = digest_file.display().to_string();
     let pushed = podman
@@ -441,10 +460,7 @@ async fn podman_push_of_a_tag_over_the_tag_limit_prints_our_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podman_push_as_schema_1_prints_our_schema_1_answer() {
-    let (stack, podman, dir) = podman_stack().await;
-    let image = Client::Podman(&podman)
-        .import_for(&stack, (dir.path(), "small"), SMALL, 14, "limited/old:v1")
-        .await;
+    let (stack, podman, _dir, image) = podman_stack_with_small_image(14, "limited/old:v1").await;
 
     // An explicit --format is the only one tried: our MANIFEST_INVALID ends the push, with our
     // text (containers/image falls back to another format only when it chose the format).
@@ -481,7 +497,7 @@ async fn podman_manifest_push_with_an_oversized_child_prints_our_reason() {
             .await;
     }
 
-    for (tag, second, refused) in [("ok", "b", false), ("bad", "big", true)] {
+    let push_list = async |tag: &str, second: &str| {
         let list = format!("localhost/list:{tag}");
         assert_success(
             &podman.podman(&["manifest", "create", list.as_str()]).await,
@@ -495,7 +511,7 @@ async fn podman_manifest_push_with_an_oversized_child_prints_our_reason() {
             assert_success(&added, "podman manifest add");
         }
         let dest = format!("docker://{host}/limited/multi:{tag}");
-        let pushed = podman
+        podman
             .podman(&[
                 "manifest",
                 "push",
@@ -504,11 +520,10 @@ async fn podman_manifest_push_with_an_oversized_child_prints_our_reason() {
                 &list,
                 &dest,
             ])
-            .await;
-        let first = "copying image 2/2 from manifest list";
-        assert_list_push(&pushed, Client::Podman(&podman), refused, first);
-    }
-    assert_tags(&stack, "limited/multi", &["ok"]).await;
+            .await
+    };
+    let first = "copying image 2/2 from manifest list";
+    assert_list_pushes(&stack, Client::Podman(&podman), first, push_list).await;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -289,13 +289,7 @@ impl Conn {
         let started = self
             .request("POST", &format!("/v2/{repo}/blobs/uploads/"), &[], &[])
             .map_err(|e| format!("POST blob upload: {e}"))?;
-        if started.status != 202 {
-            return Err(format!(
-                "POST blob upload: HTTP {} {}",
-                started.status,
-                started.text()
-            ));
-        }
+        let started = answered(started, 202, "POST blob upload")?;
         let location = started
             .header("location")
             .ok_or("POST blob upload: no Location")?;
@@ -311,10 +305,7 @@ impl Conn {
                 bytes,
             )
             .map_err(|e| format!("PUT blob: {e}"))?;
-        if put.status != 201 {
-            return Err(format!("PUT blob: HTTP {} {}", put.status, put.text()));
-        }
-        Ok(())
+        answered(put, 201, "PUT blob").map(drop)
     }
 
     /// Uploads the config and layers of every image of `layout` into `repo`.
@@ -359,13 +350,7 @@ impl Conn {
         let reply = self
             .get(&format!("/v2/{repo}/tags/list"))
             .map_err(|e| format!("GET tags/list: {e}"))?;
-        if reply.status != 200 {
-            return Err(format!(
-                "GET tags/list: HTTP {} {}",
-                reply.status,
-                reply.text()
-            ));
-        }
+        let reply = answered(reply, 200, "GET tags/list")?;
         let v: serde_json::Value =
             serde_json::from_slice(&reply.body).map_err(|e| format!("tags/list JSON: {e}"))?;
         Ok(v["tags"]
@@ -376,5 +361,14 @@ impl Conn {
                     .collect()
             })
             .unwrap_or_default())
+    }
+}
+
+/// `reply` if it is `status`, else an error naming `what` and the answer.
+fn answered(reply: Reply, status: u16, what: &str) -> Result<Reply, String> {
+    if reply.status == status {
+        Ok(reply)
+    } else {
+        Err(format!("{what}: HTTP {} {}", reply.status, reply.text()))
     }
 }

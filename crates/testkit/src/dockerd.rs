@@ -261,12 +261,7 @@ impl Dockerd {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         if cmdline.contains("containerd") && cmdline.contains(&*self.exec_root.to_string_lossy()) {
-            let _ = Command::new("kill")
-                .arg("-KILL")
-                .arg(pid.to_string())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            crate::process::sigkill(pid);
         }
     }
 

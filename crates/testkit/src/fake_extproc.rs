@@ -23,6 +23,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Status, Streaming};
 
+use crate::serve::spawn_until_stopped;
+
 /// The largest gRPC message the fake accepts. tonic's default (4 MiB) is below what Envoy's
 /// manifest route buffers (5 MiB), so a 4 MiB manifest plus headers would fail as a transport
 /// error (pitfall 16); the real sidecar must raise it too.
@@ -76,17 +78,10 @@ impl FakeExtProc {
             streams: Arc::clone(&streams),
         })
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
-        let (shutdown, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
+        let (shutdown, server) = spawn_until_stopped("fake ext_proc server", |stop| {
+            tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                    let _ = stopped.await;
-                })
-                .await;
-            if let Err(err) = result {
-                eprintln!("fake ext_proc server failed: {err}");
-            }
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
         });
         FakeExtProc {
             addr,

@@ -48,6 +48,7 @@ mod process;
 mod redis;
 mod registry;
 mod seed;
+mod serve;
 mod tarball;
 mod token;
 

@@ -50,14 +50,19 @@ pub fn kill_all_listed() {
     let live = LIVE.lock().unwrap_or_else(|p| p.into_inner()).clone();
     for (pid, start, _) in live {
         if start_time(pid).as_deref() == Some(start.as_str()) {
-            let _ = Command::new("kill")
-                .arg("-KILL")
-                .arg(pid.to_string())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            sigkill(pid);
         }
     }
+}
+
+/// SIGKILL to `pid` (`kill -KILL`), best effort: the process may be gone already.
+pub(crate) fn sigkill(pid: u32) {
+    let _ = Command::new("kill")
+        .arg("-KILL")
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// The start time of `pid` (field 22 of /proc/<pid>/stat, clock ticks since boot): with the PID

@@ -17,6 +17,7 @@ use tempfile::TempDir;
 use tokio::sync::oneshot;
 
 use crate::TokenAuthConfig;
+use crate::serve::spawn_until_stopped;
 
 /// The `service` (JWT audience) the issuer and the registry agree on.
 pub const TOKEN_SERVICE: &str = "registry-gateway-tests";
@@ -108,16 +109,10 @@ impl TokenIssuer {
                 async move { issue(&state, &uri, &headers).await }
             }),
         );
-        let (shutdown, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
-            if let Err(err) = served {
-                eprintln!("token issuer failed: {err}");
-            }
+        let (shutdown, server) = spawn_until_stopped("token issuer", |stop| {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop)
+                .into_future()
         });
         TokenIssuer {
             addr,
