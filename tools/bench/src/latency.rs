@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::report::{BLUE, Cmp, Figure, GREEN, ORANGE, PURPLE, RED};
 use crate::stats::{Dist, round};
 use crate::{Ctx, image_layout};
-use registry_gateway_testkit::Conn;
+use registry_gateway_testkit::{Conn, Layout};
 
 const MODES: usize = 5;
 const ALONE: usize = 0;
@@ -85,6 +85,47 @@ fn ops(calls: &BTreeMap<String, f64>, op: &str) -> f64 {
         .map(|(_, v)| v)
         .sum()
 }
+/// `n` rounds of one manifest PUT through each connection, the first connection turning with the
+/// round so that no mode always goes first (or always follows the same one). Per connection the
+/// nanoseconds of each 201; the other answers are counted, the first one kept with its mode's name.
+pub(crate) fn timed_put_rounds<const M: usize>(
+    conns: &mut [Conn],
+    names: [&str; M],
+    repo: &str,
+    image: &Layout,
+    n: usize,
+    tags: usize,
+) -> Result<PutRounds<M>, String> {
+    let mut samples: [Vec<u64>; M] = std::array::from_fn(|_| Vec::new());
+    let mut errors = 0usize;
+    let mut first_error = None;
+    for i in 0..n {
+        let tag = format!("t{}", i % tags);
+        for k in 0..M {
+            let m = (i + k) % M;
+            let t = Instant::now();
+            let status = conns[m].put_layout_manifest(repo, &tag, image)?;
+            let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            if status == 201 {
+                samples[m].push(ns);
+            } else {
+                errors += 1;
+                first_error.get_or_insert(format!("{}: HTTP {status}", names[m]));
+            }
+        }
+    }
+    Ok(PutRounds {
+        samples,
+        errors,
+        first_error,
+    })
+}
+
+pub(crate) struct PutRounds<const M: usize> {
+    pub(crate) samples: [Vec<u64>; M],
+    pub(crate) errors: usize,
+    pub(crate) first_error: Option<String>,
+}
 
 pub(crate) fn p2(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
     let repo = "bench/p2";
@@ -133,24 +174,18 @@ pub(crate) fn p2(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
         .metric("registry_gateway_registry_tag_list_requests_total")?;
     let store0 = store_counts(ctx)?;
     let n = ctx.profile.p2_puts_per_mode;
-    let mut samples: [Vec<u64>; MODES] = Default::default();
-    let mut errors = 0usize;
-    let mut first_error = None;
-    for i in 0..n {
-        let tag = format!("t{}", i % TAGS);
-        for k in 0..MODES {
-            let m = (i + k) % MODES;
-            let t = Instant::now();
-            let status = conns[m].put_layout_manifest(repo, &tag, &image)?;
-            let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            if status == 201 {
-                samples[m].push(ns);
-            } else {
-                errors += 1;
-                first_error.get_or_insert(format!("{}: HTTP {status}", modes[m].0));
-            }
-        }
-    }
+    let PutRounds {
+        samples,
+        errors,
+        first_error,
+    } = timed_put_rounds(
+        &mut conns,
+        modes.map(|(name, _)| name),
+        repo,
+        &image,
+        n,
+        TAGS,
+    )?;
     let sum1 = ctx
         .gateway
         .metric("registry_gateway_decision_duration_seconds_sum")?;

@@ -11,10 +11,10 @@
 //! for this phase and stopped at its end.
 
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use serde_json::json;
 
+use crate::latency;
 use crate::report::Figure;
 use crate::stack::{self, Envoy, MODE_OVERRIDE_DIFF, NoopExtProc, Tweak};
 use crate::stats::{Dist, round};
@@ -87,24 +87,18 @@ pub(crate) fn p7(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
     let stat = |e: Option<&Envoy>, name: &str| e.and_then(|e| e.stat(name));
     let sent0: Vec<Option<u64>> = modes.iter().map(|(_, _, e)| stat(*e, SENT)).collect();
     let n = ctx.profile.p7_puts_per_mode;
-    let mut samples: [Vec<u64>; 4] = Default::default();
-    let mut errors = 0usize;
-    let mut first_error = None;
-    for i in 0..n {
-        let tag = format!("t{}", i % TAGS);
-        for k in 0..modes.len() {
-            let m = (i + k) % modes.len();
-            let t = Instant::now();
-            let status = conns[m].put_layout_manifest(repo, &tag, &image)?;
-            let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            if status == 201 {
-                samples[m].push(ns);
-            } else {
-                errors += 1;
-                first_error.get_or_insert(format!("{}: HTTP {status}", modes[m].0));
-            }
-        }
-    }
+    let latency::PutRounds {
+        samples,
+        errors,
+        first_error,
+    } = latency::timed_put_rounds(
+        &mut conns,
+        modes.map(|(name, _, _)| name),
+        repo,
+        &image,
+        n,
+        TAGS,
+    )?;
     let per_put: Vec<Option<f64>> = modes
         .iter()
         .zip(&sent0)

@@ -450,6 +450,19 @@ struct Report {
 }
 
 impl Report {
+    /// Nothing counted yet.
+    fn empty(measured: Duration) -> Report {
+        Report {
+            decisions: 0,
+            decisions_total: 0,
+            elapsed_total: Duration::ZERO,
+            errors: 0,
+            first_error: None,
+            measured,
+            samples: Vec::new(),
+        }
+    }
+
     fn json(&self, args: &LoadArgs) -> String {
         let mut sorted = self.samples.clone();
         sorted.sort_unstable();
@@ -517,15 +530,7 @@ async fn load(args: LoadArgs) -> Result<Report, String> {
             end,
         )));
     }
-    let mut report = Report {
-        decisions: 0,
-        decisions_total: 0,
-        elapsed_total: Duration::ZERO,
-        errors: 0,
-        first_error: None,
-        measured: end.saturating_duration_since(measure_from),
-        samples: Vec::new(),
-    };
+    let mut report = Report::empty(end.saturating_duration_since(measure_from));
     for worker in workers {
         let part = worker.await.map_err(|e| format!("worker: {e}"))?;
         report.decisions += part.decisions;
@@ -551,15 +556,7 @@ async fn worker(
     let mut client = ExternalProcessorClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let mut report = Report {
-        decisions: 0,
-        decisions_total: 0,
-        elapsed_total: Duration::ZERO,
-        errors: 0,
-        first_error: None,
-        measured: Duration::ZERO,
-        samples: Vec::new(),
-    };
+    let mut report = Report::empty(Duration::ZERO);
     let mut n = index;
     loop {
         let began = Instant::now();
