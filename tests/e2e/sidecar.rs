@@ -1178,8 +1178,7 @@ async fn metrics_count_the_decisions_and_status_shows_the_config_version_and_has
     }
 
     let deny = r#"registry_gateway_decisions_total{transport="ext_proc",outcome="deny",reason="image_too_large",enforcement="enforce"}"#;
-    let allow =
-        r#"registry_gateway_decisions_total{transport="ext_proc",outcome="allow",reason="none",enforcement="enforce"}"#;
+    let allow = r#"registry_gateway_decisions_total{transport="ext_proc",outcome="allow",reason="none",enforcement="enforce"}"#;
     let metrics = admin_text(&admin, "/metrics").await;
     assert_eq!(metric_value(&metrics, deny), Some(2.0), "{metrics}");
     assert_eq!(metric_value(&metrics, allow), Some(1.0), "{metrics}");
