@@ -13,26 +13,14 @@ pub(super) fn tag_list_url(
     repository: &str,
     page_size: Option<u32>,
 ) -> Result<Url, TagError> {
-    let mut url = repository_url(base, repository, &["tags", "list"])?;
-    if let Some(n) = page_size {
-        url.query_pairs_mut().append_pair("n", &n.to_string());
-    }
-    Ok(url)
+    let url = repository_url(base, repository, &["tags", "list"])?;
+    Ok(with_page_size(url, page_size))
 }
 
 /// `{base}/v2/_catalog[?n=…]`.
 pub(super) fn catalog_url(base: &Url, page_size: Option<u32>) -> Result<Url, TagError> {
-    let mut url = base.clone();
-    url.set_query(None);
-    url.set_fragment(None);
-    url.path_segments_mut()
-        .map_err(|()| TagError::InvalidResponse(format!("{base} cannot carry a path")))?
-        .pop_if_empty()
-        .extend(["v2", "_catalog"]);
-    if let Some(n) = page_size {
-        url.query_pairs_mut().append_pair("n", &n.to_string());
-    }
-    Ok(url)
+    let url = v2_url(base, ["_catalog"])?;
+    Ok(with_page_size(url, page_size))
 }
 
 /// `{base}/v2/<name>/<tail…>`, the name's slashes kept as path separators and each tail
@@ -47,6 +35,11 @@ pub(super) fn repository_url(base: &Url, repository: &str, tail: &[&str]) -> Res
             "repository name {repository:?} has an empty, `.` or `..` path segment"
         )));
     }
+    v2_url(base, repository.split('/').chain(tail.iter().copied()))
+}
+
+/// `{base}/v2/<segments…>`, each segment escaped as one; the base's query and fragment dropped.
+fn v2_url<'a>(base: &Url, segments: impl IntoIterator<Item = &'a str>) -> Result<Url, TagError> {
     let mut url = base.clone();
     url.set_query(None);
     url.set_fragment(None);
@@ -54,9 +47,15 @@ pub(super) fn repository_url(base: &Url, repository: &str, tail: &[&str]) -> Res
         .map_err(|()| TagError::InvalidResponse(format!("{base} cannot carry a path")))?
         .pop_if_empty()
         .push("v2")
-        .extend(repository.split('/'))
-        .extend(tail);
+        .extend(segments);
     Ok(url)
+}
+
+fn with_page_size(mut url: Url, page_size: Option<u32>) -> Url {
+    if let Some(n) = page_size {
+        url.query_pairs_mut().append_pair("n", &n.to_string());
+    }
+    url
 }
 
 /// The `rel="next"` target of the response's Link headers, resolved against the URL that was
