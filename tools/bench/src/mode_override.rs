@@ -156,6 +156,15 @@ pub(crate) fn p7(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
     drop((control, skip_headers, skip_body, on_headers, on_body));
 
     let nan_if_errors = |v: f64| if errors > 0 { f64::NAN } else { v };
+    // The figures after the first point to its raw record rather than repeat it.
+    let see_first = |id: &str, what: &str, value: f64, unit: &'static str| Figure {
+        id: id.into(),
+        what: what.into(),
+        value: nan_if_errors(value),
+        unit,
+        target: None,
+        raw: json!({"see": "P7 msgs hdr"}),
+    };
     Ok(vec![
         Figure {
             id: "P7 msgs hdr".into(),
@@ -165,29 +174,18 @@ pub(crate) fn p7(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
             target: None,
             raw: mode_override,
         },
-        Figure {
-            id: "P7 msgs body".into(),
-            what: "ext_proc messages per PUT, the same override on the request-body reply".into(),
-            value: nan_if_errors(per_put[3].unwrap_or(f64::NAN)),
-            unit: "count",
-            target: None,
-            raw: json!({"see": "P7 msgs hdr"}),
-        },
-        Figure {
-            id: "P7 saves p50".into(),
-            what: "latency saved by the skipped response-headers message, p50 (do-nothing server)".into(),
-            value: nan_if_errors(saved(0.5)),
-            unit: "ms",
-            target: None,
-            raw: json!({"see": "P7 msgs hdr"}),
-        },
-        Figure {
-            id: "P7 saves p99".into(),
-            what: "the same, p99".into(),
-            value: nan_if_errors(saved(0.99)),
-            unit: "ms",
-            target: None,
-            raw: json!({"see": "P7 msgs hdr"}),
-        },
+        see_first(
+            "P7 msgs body",
+            "ext_proc messages per PUT, the same override on the request-body reply",
+            per_put[3].unwrap_or(f64::NAN),
+            "count",
+        ),
+        see_first(
+            "P7 saves p50",
+            "latency saved by the skipped response-headers message, p50 (do-nothing server)",
+            saved(0.5),
+            "ms",
+        ),
+        see_first("P7 saves p99", "the same, p99", saved(0.99), "ms"),
     ])
 }
