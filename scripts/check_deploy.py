@@ -719,26 +719,26 @@ def check_pod_copies(sync: bool) -> None:
         check_hardening(name, config)
 
 
+def validate_envoy_file(path: Path, label: str, config: dict) -> None:
+    # Host names are not resolved in validate mode, so `registry`/`gateway` are fine as they are.
+    envoy_validate(path, label)
+    check_harness_shape(path, config)
+    rendered = render_envoy(path)
+    if rendered is not None:
+        envoy_validate(rendered, f"{label} as the test kit renders it (render-envoy, loopback addresses)")
+
+
 def check_envoy_files() -> dict:
     step("Envoy configurations (envoy/*.yaml)")
     ext_proc_path = ROOT / "envoy" / "envoy.yaml"
     ext_authz_path = ROOT / "envoy" / "ext-authz.yaml"
     ext_proc = load_yaml(ext_proc_path)
-    # Host names are not resolved in validate mode, so `registry`/`gateway` are fine as they are.
-    envoy_validate(ext_proc_path, "envoy/envoy.yaml")
-    check_harness_shape(ext_proc_path, ext_proc)
-    rendered = render_envoy(ext_proc_path)
-    if rendered is not None:
-        envoy_validate(rendered, "envoy/envoy.yaml as the test kit renders it (render-envoy, loopback addresses)")
+    validate_envoy_file(ext_proc_path, "envoy/envoy.yaml", ext_proc)
     check_common_knobs("envoy/envoy.yaml", ext_proc)
     check_forward_rules("envoy/envoy.yaml", ext_proc_filter(ext_proc))
     if ext_authz_path.exists():
         ext_authz = load_yaml(ext_authz_path)
-        envoy_validate(ext_authz_path, "envoy/ext-authz.yaml")
-        check_harness_shape(ext_authz_path, ext_authz)
-        rendered = render_envoy(ext_authz_path)
-        if rendered is not None:
-            envoy_validate(rendered, "envoy/ext-authz.yaml as the test kit renders it (render-envoy, loopback addresses)")
+        validate_envoy_file(ext_authz_path, "envoy/ext-authz.yaml", ext_authz)
         check_ext_authz(ext_authz, ext_proc)
     else:
         fail("envoy/ext-authz.yaml is missing")

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::report::{BLUE, Cmp, Figure, GREEN, ORANGE, PURPLE, RED};
+use crate::stack::Gateway;
 use crate::stats::{Dist, round};
 use crate::{Ctx, image_layout};
 use registry_gateway_testkit::{Conn, Layout};
@@ -121,6 +122,15 @@ pub(crate) fn timed_put_rounds<const M: usize>(
     })
 }
 
+/// The sidecar's decision time (sum and count, seconds) and its tag-list fetches so far.
+fn sidecar_counters(gateway: &Gateway) -> Result<[f64; 3], String> {
+    Ok([
+        gateway.metric("registry_gateway_decision_duration_seconds_sum")?,
+        gateway.metric("registry_gateway_decision_duration_seconds_count")?,
+        gateway.metric("registry_gateway_registry_tag_list_requests_total")?,
+    ])
+}
+
 pub(crate) struct PutRounds<const M: usize> {
     pub(crate) samples: [Vec<u64>; M],
     pub(crate) errors: usize,
@@ -160,18 +170,10 @@ pub(crate) fn p2(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
     ];
     let streams0 = ext_proc_envoys.map(|e| e.stat(STREAMS));
     let authz0 = ctx.envoy_authz.stat(AUTHZ_OK);
-    let sum0 = ctx
-        .gateway
-        .metric("registry_gateway_decision_duration_seconds_sum")?;
-    let count0 = ctx
-        .gateway
-        .metric("registry_gateway_decision_duration_seconds_count")?;
+    let [sum0, count0, fetch0] = sidecar_counters(&ctx.gateway)?;
     let redis_sum0 = ctx
         .gateway_redis
         .metric("registry_gateway_decision_duration_seconds_sum")?;
-    let fetch0 = ctx
-        .gateway
-        .metric("registry_gateway_registry_tag_list_requests_total")?;
     let store0 = store_counts(ctx)?;
     let n = ctx.profile.p2_puts_per_mode;
     let PutRounds {
@@ -186,15 +188,7 @@ pub(crate) fn p2(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
         n,
         TAGS,
     )?;
-    let sum1 = ctx
-        .gateway
-        .metric("registry_gateway_decision_duration_seconds_sum")?;
-    let count1 = ctx
-        .gateway
-        .metric("registry_gateway_decision_duration_seconds_count")?;
-    let fetch1 = ctx
-        .gateway
-        .metric("registry_gateway_registry_tag_list_requests_total")?;
+    let [sum1, count1, fetch1] = sidecar_counters(&ctx.gateway)?;
     // Settlements go to the store without waiting for it: let the last ones land.
     let mut store1 = store_counts(ctx)?;
     let deadline = Instant::now() + Duration::from_secs(3);
