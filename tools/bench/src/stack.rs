@@ -77,12 +77,7 @@ impl Registry {
             "GET /v2/ on the registry",
             Duration::from_secs(15),
             &mut proc,
-            |_| {
-                conn.get("/v2/")
-                    .ok()
-                    .filter(|r| r.status == 200)
-                    .map(|_| ())
-            },
+            |_| answers_ok(&mut conn, "/v2/"),
         )?;
         Ok(Registry {
             proc,
@@ -163,12 +158,7 @@ impl Gateway {
                 "the sidecar's /readyz",
                 Duration::from_secs(15),
                 &mut proc,
-                |_| {
-                    conn.get("/readyz")
-                        .ok()
-                        .filter(|r| r.status == 200)
-                        .map(|_| ())
-                },
+                |_| answers_ok(&mut conn, "/readyz"),
             );
             match ready {
                 Ok(()) => return Ok(Gateway { proc, grpc, admin }),
@@ -372,11 +362,7 @@ impl Envoy {
         })?;
         let mut admin_conn = Conn::new(admin);
         poll("Envoy's /ready", timeout, &mut proc, |_| {
-            admin_conn
-                .get("/ready")
-                .ok()
-                .filter(|r| r.status == 200)
-                .map(|_| ())
+            answers_ok(&mut admin_conn, "/ready")
         })?;
         let addr = poll("Envoy's listener address", timeout, &mut proc, |_| {
             let reply = admin_conn.get("/listeners?format=json").ok()?;
@@ -388,10 +374,7 @@ impl Envoy {
         })?;
         let mut conn = Conn::new(addr);
         poll("GET /v2/ through Envoy", timeout, &mut proc, |_| {
-            conn.get("/v2/")
-                .ok()
-                .filter(|r| r.status == 200)
-                .map(|_| ())
+            answers_ok(&mut conn, "/v2/")
         })?;
         Ok(Envoy { proc, addr, admin })
     }
@@ -406,4 +389,9 @@ impl Envoy {
             (stat == name).then(|| value.trim().parse().ok())?
         })
     }
+}
+
+/// `Some` once a GET of `path` answers 200, for the readiness checks `poll` repeats.
+fn answers_ok(conn: &mut Conn, path: &str) -> Option<()> {
+    conn.get(path).ok().filter(|r| r.status == 200).map(|_| ())
 }
