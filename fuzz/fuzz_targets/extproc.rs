@@ -128,7 +128,7 @@ const MEDIA_TYPES: &[&str] = &[
 ];
 const STATUSES: &[&str] = &["201", "202", "400", "401", "404", "500", "503", "", "x"];
 
-fn pick<'a>(u: &mut Unstructured<'_>, choices: &[&'a str]) -> Result<String> {
+fn pick(u: &mut Unstructured<'_>, choices: &[&str]) -> Result<String> {
     // Mostly a known value, sometimes anything.
     if u.ratio(7, 8)? {
         Ok((*u.choose(choices)?).to_owned())
