@@ -216,10 +216,7 @@ impl Scan {
             }
         };
         let (rule, limits) = self.policy.limits_for(&name);
-        let rule = rule.map(|r| RuleRef {
-            index: r.index,
-            path: r.path.clone(),
-        });
+        let rule = rule.map(crate::policy::Rule::reference);
         let applied = Applied {
             rule,
             max_image_bytes: limits.max_image_size.bytes(),

@@ -45,10 +45,7 @@ impl<S: TagSource> Checker<S> {
                     repository,
                     tag_count: count,
                     tag_count_limit: limits.tag_count_limit,
-                    rule: rule.map(|r| RuleRef {
-                        index: r.index,
-                        path: r.path.clone(),
-                    }),
+                    rule: rule.map(crate::policy::Rule::reference),
                     enforcement: limits.enforcement.as_str(),
                 });
             }

@@ -129,10 +129,7 @@ impl Policy {
         let mut facts = Facts {
             repository: write.repository.clone(),
             reference: write.reference.as_str().to_owned(),
-            rule: rule.map(|r| RuleRef {
-                index: r.index,
-                path: r.path.clone(),
-            }),
+            rule: rule.map(Rule::reference),
             max_image_bytes: Some(limits.max_image_size.bytes()),
             tag_count_limit: Some(limits.tag_count_limit),
             enforcement: limits.enforcement,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use regex::RegexSet;
 
 use super::Limits;
+use super::decision::RuleRef;
 
 /// One `rules[]` entry, compiled.
 #[derive(Clone, Debug)]
@@ -18,6 +19,16 @@ pub struct Rule {
     /// Line of the rule in its file, for messages.
     pub line: u64,
     pub limits: Limits,
+}
+
+impl Rule {
+    /// How decisions, logs and reports name this rule.
+    pub fn reference(&self) -> RuleRef {
+        RuleRef {
+            index: self.index,
+            path: self.path.clone(),
+        }
+    }
 }
 
 /// Tags that do not count toward `tag_count_limit` (referrer and signature tags, for example).
