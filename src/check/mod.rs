@@ -456,11 +456,17 @@ impl<S: TagSource> Checker<S> {
                 .map_err(store)?;
             match decided {
                 Decided::Tally { tally, .. } => {
+                    let counted = tags
+                        .iter()
+                        .filter(|t| !tally.reserved.contains(t))
+                        .cloned()
+                        .collect();
                     let lease = SharedLease {
                         books: shared.clone(),
                         keys,
                         id: lease,
                         filter,
+                        counted,
                     };
                     return Ok((query.conclude(tally), lease));
                 }
@@ -725,6 +731,7 @@ impl<S: TagSource> Checker<S> {
                     keys: RepoKeys::new(repository, &filter),
                     id: shared.lease_id(),
                     filter,
+                    counted: Vec::new(),
                 }))
             }
             None => Backing::Memory(self.book(repository)),

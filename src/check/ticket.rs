@@ -21,11 +21,24 @@ pub(super) struct SharedLease {
     pub(super) keys: RepoKeys,
     pub(super) id: String,
     pub(super) filter: crate::policy::TagFilter,
+    /// Counted tags the store already held when the push was decided. Their rewrite is guarded
+    /// in the store until the lease would run out (`decide.lua`), so committing them again
+    /// changes nothing.
+    pub(super) counted: Vec<String>,
 }
 
 impl SharedLease {
     pub(super) fn settle(&self, op: Settle, reserved: Vec<String>, tags: Vec<String>) {
-        let tags = tags.into_iter().filter(|t| self.filter.counts(t)).collect();
+        let tags: Vec<String> = tags.into_iter().filter(|t| self.filter.counts(t)).collect();
+        let changes_nothing = reserved.is_empty()
+            && match op {
+                Settle::Commit => tags.iter().all(|t| self.counted.contains(t)),
+                Settle::Release => true,
+                _ => false,
+            };
+        if changes_nothing {
+            return;
+        }
         self.books
             .settle_later(self.keys.clone(), op, self.id.clone(), reserved, tags);
     }

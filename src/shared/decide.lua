@@ -1,6 +1,7 @@
 -- Decide-and-reserve for one manifest push, atomically on the server.
 -- KEYS: 1 confirmed set, 2 meta hash, 3 reservations zset (tag|lease -> expiry ms),
---       4 doubts zset (tag|lease -> since ms), 5 re-reads zset (lease -> due ms)
+--       4 doubts zset (tag|lease -> since ms), 5 re-reads zset (lease -> due ms),
+--       6 rewrites zset (tag -> expiry ms of the latest push re-writing it)
 -- ARGV: 1 now ms, 2 oldest trusted read ms, 3 cache ttl ms, 4 doubt grace ms, 5 epoch,
 --       6 limit, 7 lease expiry ms, 8 lease id, 9 reserve (1/0), 10 key ttl ms, 11.. counted tags
 -- Returns {'cold', reads} when the tag list must be read first (reads: how many reads were
@@ -33,12 +34,14 @@ for _, key in ipairs({KEYS[3], KEYS[4]}) do
   end
 end
 local count = redis.call('SCARD', KEYS[1]) + npending
-local new, unconfirmed = {}, {}
+local new, unconfirmed, confirmed = {}, {}, {}
 for i = 11, #ARGV do
   local tag = ARGV[i]
   if redis.call('SISMEMBER', KEYS[1], tag) == 0 then
     table.insert(unconfirmed, tag)
     if not pending[tag] then table.insert(new, tag) end
+  else
+    table.insert(confirmed, tag)
   end
 end
 local out = {'allow', count, #new}
@@ -53,5 +56,14 @@ if out[1] == 'allow' and ARGV[9] == '1' and #unconfirmed > 0 then
   redis.call('ZADD', KEYS[5], ARGV[7], ARGV[8])
   redis.call('PEXPIRE', KEYS[3], ARGV[10])
   redis.call('PEXPIRE', KEYS[5], ARGV[10])
+end
+-- A push that re-writes counted tags settles nothing when it lands, so its owner sends nothing;
+-- until its lease would run out, a delete of one of these tags must not uncount it (settle.lua).
+if out[1] == 'allow' and ARGV[9] == '1' and #confirmed > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
+  for _, tag in ipairs(confirmed) do
+    redis.call('ZADD', KEYS[6], 'GT', ARGV[7], tag)
+  end
+  redis.call('PEXPIRE', KEYS[6], ARGV[10])
 end
 return out

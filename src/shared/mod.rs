@@ -170,11 +170,12 @@ enum Key {
     Rereads,
     Journal,
     Lock,
+    Rewrites,
 }
 
 /// The keys of one repository under one exclusion list, indexed by [`Key`].
 #[derive(Clone, Debug)]
-pub struct RepoKeys([String; 7]);
+pub struct RepoKeys([String; 8]);
 
 impl RepoKeys {
     /// `filter` selects which tags count; each list keeps its own confirmed set and record.
@@ -198,6 +199,7 @@ impl RepoKeys {
             format!("{base}:x"),
             format!("{base}:j:{f}"),
             format!("{base}:l:{f}"),
+            format!("{base}:w"),
         ])
     }
 
@@ -447,7 +449,7 @@ impl SharedBooks {
         use Key::*;
         let mut invocation = keys.invocation(
             &self.decide,
-            &[Confirmed, Meta, Reservations, Doubts, Rereads],
+            &[Confirmed, Meta, Reservations, Doubts, Rereads, Rewrites],
         );
         invocation
             .arg(now)
@@ -544,7 +546,15 @@ impl SharedBooks {
         use Key::*;
         let mut invocation = keys.invocation(
             &self.settle,
-            &[Confirmed, Meta, Reservations, Doubts, Rereads, Journal],
+            &[
+                Confirmed,
+                Meta,
+                Reservations,
+                Doubts,
+                Rereads,
+                Journal,
+                Rewrites,
+            ],
         );
         invocation
             .arg(op.as_str())

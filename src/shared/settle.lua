@@ -1,10 +1,10 @@
 -- What the registry's answer (or its absence) does to a push's lease, and deletes seen.
 -- KEYS: 1 confirmed set, 2 meta hash, 3 reservations zset, 4 doubts zset, 5 re-reads zset,
---       6 journal list
+--       6 journal list, 7 rewrites zset
 -- ARGV: 1 op (commit | release | doubt | remove | stale), 2 lease id, 3 now ms, 4 key ttl ms,
 --       5 number of reserved tags n, 6..5+n reserved tags, then tags created (commit) or
 --       removed (remove)
-local op, lease, n = ARGV[1], ARGV[2], tonumber(ARGV[5])
+local op, lease, n, now = ARGV[1], ARGV[2], tonumber(ARGV[5]), tonumber(ARGV[3])
 local fetching = redis.call('HEXISTS', KEYS[2], 'fetching') == 1
 for i = 6, 5 + n do
   redis.call('ZREM', KEYS[3], ARGV[i] .. '|' .. lease)
@@ -24,8 +24,17 @@ for i = 6 + n, #ARGV do
       redis.call('PEXPIRE', KEYS[6], ARGV[4])
     end
   elseif op == 'remove' then
-    redis.call('SREM', KEYS[1], tag)
-    if fetching then redis.call('RPUSH', KEYS[6], '-' .. tag) end
+    local rewrite = tonumber(redis.call('ZSCORE', KEYS[7], tag) or '0')
+    if rewrite > now then
+      -- A push re-writing the tag is in flight and may land after this delete: keep counting
+      -- it, and read the list again once that push is over.
+      redis.call('ZADD', KEYS[5], 'GT', rewrite, 'w:' .. tag)
+      redis.call('PEXPIRE', KEYS[5], math.max(tonumber(ARGV[4]), rewrite - now + 60000))
+      if fetching then redis.call('RPUSH', KEYS[6], '+' .. tag) end
+    else
+      redis.call('SREM', KEYS[1], tag)
+      if fetching then redis.call('RPUSH', KEYS[6], '-' .. tag) end
+    end
   end
 end
 if op == 'stale' then

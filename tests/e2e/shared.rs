@@ -343,8 +343,9 @@ async fn a_rolling_restart_fails_no_pull_and_admits_exactly_the_room_left() {
     );
 }
 
-/// With a warm cache a decision is one store call (the `decide` script); the settlement after
-/// the registry's answer is one more, off the decision's path.
+/// With a warm cache a decision is one store call (the `decide` script). A push of a new tag
+/// settles its lease with one more, off the decision's path; a push that re-writes a counted tag
+/// has nothing to settle and sends nothing more.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_warm_decision_is_one_store_round_trip() {
     let redis = Redis::start(false).await;
@@ -381,5 +382,87 @@ async fn a_warm_decision_is_one_store_round_trip() {
         "no tag-list read"
     );
     assert_eq!(calls(&after, "complete") - calls(&before, "complete"), 0);
-    assert_eq!(calls(&after, "settle") - calls(&before, "settle"), 4);
+    assert_eq!(
+        calls(&after, "settle") - calls(&before, "settle"),
+        3,
+        "w1, w2 and w3 commit their leases; cold was counted already"
+    );
+}
+
+/// The store's own guard for the settlement a re-write skips: a delete seen while a push
+/// re-writing the same tag may still land keeps the tag counted, and the tag list is read again
+/// once that push's lease would have run out. Without it the count could miss a tag the
+/// registry ends up holding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_racing_a_rewrite_keeps_the_tag_counted_until_the_list_is_read_again() {
+    use registry_gateway::metrics::Metrics;
+    use registry_gateway::policy::TagFilter;
+    use registry_gateway::shared::{
+        Begin, Decided, RepoKeys, Settle, SharedBooks, SharedOptions, StateUrl,
+    };
+
+    let redis = Redis::start(false).await;
+    let url = StateUrl::parse(&redis.url(), None, None).expect("state url");
+    let options = SharedOptions {
+        lease: Duration::from_secs(30),
+        timeout: Duration::from_secs(2),
+    };
+    let books = SharedBooks::connect(&url, options, std::sync::Arc::new(Metrics::new()))
+        .await
+        .expect("connect")
+        .expect("a store");
+    let keys = RepoKeys::new("race/app", &TagFilter::default());
+    let ttl = Duration::from_secs(300);
+    let hold = Duration::from_millis(600);
+    let tags = |names: &[&str]| names.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+    // `reserve` false: a probe that leaves no lease of its own to run out.
+    let decide = |tag: &'static str, reserve: bool| {
+        let (books, keys) = (books.clone(), keys.clone());
+        async move {
+            let lease = books.lease_id();
+            books
+                .decide(&keys, &tags(&[tag]), 10, ttl, hold, &lease, reserve)
+                .await
+                .expect("decide")
+        }
+    };
+    // The list is cold: read it as a replica would.
+    let Decided::Cold(reads) = decide("x", true).await else {
+        panic!("a new repository must be read first")
+    };
+    assert_eq!(
+        books.begin_read(&keys, hold, &reads).await.expect("begin"),
+        Begin::Read
+    );
+    let started = SharedBooks::now_ms();
+    assert!(
+        books
+            .complete_read(&keys, started, ttl, &tags(&["x", "y"]))
+            .await
+            .expect("complete")
+    );
+    // A push re-writing x reserves nothing: x is counted.
+    let Decided::Tally { allowed, tally } = decide("x", true).await else {
+        panic!("warm")
+    };
+    assert!(allowed);
+    assert_eq!((tally.count, tally.reserved.len()), (2, 0));
+    // A delete of x and of y lands before that push does.
+    books
+        .settle(&keys, Settle::Remove, "", &[], &tags(&["x", "y"]))
+        .await
+        .expect("remove");
+    let Decided::Tally { tally, .. } = decide("z", false).await else {
+        panic!("still warm while the re-write may land")
+    };
+    assert_eq!(
+        tally.count, 1,
+        "y is gone; x stays counted while its re-write may still land"
+    );
+    // Once the re-write's lease would have run out, the list is read again.
+    tokio::time::sleep(hold + Duration::from_millis(200)).await;
+    assert!(
+        matches!(decide("z", false).await, Decided::Cold(_)),
+        "the tag list must be read again after the guarded delete"
+    );
 }
