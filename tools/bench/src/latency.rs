@@ -83,8 +83,8 @@ fn ops(calls: &BTreeMap<String, f64>, op: &str) -> f64 {
     calls
         .iter()
         .filter(|(k, _)| k.split('/').next() == Some(op))
-        .map(|(_, v)| v)
-        .sum()
+        // `sum` of no floats is -0.0, which prints as "-0".
+        .fold(0.0, |total, (_, v)| total + v)
 }
 /// `n` rounds of one manifest PUT through each connection, the first connection turning with the
 /// round so that no mode always goes first (or always follows the same one). Per connection the
