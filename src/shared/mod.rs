@@ -211,6 +211,15 @@ impl RepoKeys {
         }
         invocation
     }
+
+    /// `script` ready to run, with every key in the order of `Key` as its `KEYS`.
+    fn every_key<'s>(&self, script: &'s Script) -> redis::ScriptInvocation<'s> {
+        let mut invocation = script.prepare_invoke();
+        for key in &self.0 {
+            invocation.key(key);
+        }
+        invocation
+    }
 }
 
 /// Settings of the shared store.
@@ -543,19 +552,7 @@ impl SharedBooks {
         reserved: &[String],
         tags: &[String],
     ) -> Result<(), StoreError> {
-        use Key::*;
-        let mut invocation = keys.invocation(
-            &self.settle,
-            &[
-                Confirmed,
-                Meta,
-                Reservations,
-                Doubts,
-                Rereads,
-                Journal,
-                Rewrites,
-            ],
-        );
+        let mut invocation = keys.every_key(&self.settle);
         invocation
             .arg(op.as_str())
             .arg(lease)

@@ -1,6 +1,6 @@
 -- What the registry's answer (or its absence) does to a push's lease, and deletes seen.
 -- KEYS: 1 confirmed set, 2 meta hash, 3 reservations zset, 4 doubts zset, 5 re-reads zset,
---       6 journal list, 7 rewrites zset
+--       6 journal list, 7 read lock (not used), 8 rewrites zset
 -- ARGV: 1 op (commit | release | doubt | remove | stale), 2 lease id, 3 now ms, 4 key ttl ms,
 --       5 number of reserved tags n, 6..5+n reserved tags, then tags created (commit) or
 --       removed (remove)
@@ -24,7 +24,7 @@ for i = 6 + n, #ARGV do
       redis.call('PEXPIRE', KEYS[6], ARGV[4])
     end
   elseif op == 'remove' then
-    local rewrite = tonumber(redis.call('ZSCORE', KEYS[7], tag) or '0')
+    local rewrite = tonumber(redis.call('ZSCORE', KEYS[8], tag) or '0')
     if rewrite > now then
       -- A push re-writing the tag is in flight and may land after this delete: keep counting
       -- it, and read the list again once that push is over.
