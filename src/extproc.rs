@@ -12,7 +12,10 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue, HeaderValueOption};
-use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::ProcessingMode;
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::{
+    BodySendMode, HeaderSendMode,
+};
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Phase;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response as Reply;
@@ -73,6 +76,7 @@ impl<S: TagSource> ExternalProcessor for ExtProcService<S> {
             answered_response: false,
             saw_request_headers: false,
             buffered: false,
+            skips_response: false,
         };
         tokio::spawn(stream.run(inbound, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -100,6 +104,8 @@ struct StreamState<S> {
     /// Envoy said (in the stream's first message) that it sends request bodies whole
     /// (`BUFFERED`): a body not marked end-of-stream is then followed by trailers, not cut.
     buffered: bool,
+    /// Envoy was asked not to send the registry's response headers: they settle nothing.
+    skips_response: bool,
 }
 
 impl<S: TagSource> StreamState<S> {
@@ -188,7 +194,17 @@ impl<S: TagSource> StreamState<S> {
                         None => (continue_message(Message::RequestHeaders), false),
                     });
                 }
-                Ok((continue_message(Message::RequestHeaders), false))
+                let mut reply = continue_message(Message::RequestHeaders);
+                if let Some(write) = &self.write
+                    && !self.checker.needs_registry_answer(write)
+                {
+                    // Honoured only by an Envoy that allows exactly this mode
+                    // (`allowed_override_modes` in envoy/envoy.yaml); another one sends the
+                    // response headers anyway, and they are handled as always.
+                    reply.mode_override = Some(skip_response_headers());
+                    self.skips_response = true;
+                }
+                Ok((reply, false))
             }
             Phase::RequestBody(body) => {
                 if !self.saw_request_headers {
@@ -220,7 +236,11 @@ impl<S: TagSource> StreamState<S> {
                 }
                 Ok(match self.decide().await {
                     Some(refusal) => (immediate(&refusal), true),
-                    None => (continue_message(Message::RequestBody), false),
+                    None => {
+                        // Envoy ends the stream after this reply when it skips the response.
+                        self.answered_response |= self.skips_response;
+                        (continue_message(Message::RequestBody), false)
+                    }
                 })
             }
             Phase::ResponseHeaders(headers) => {
@@ -334,6 +354,20 @@ enum Message {
 }
 
 /// Lets `message` through unchanged.
+/// The shipped processing mode (envoy/envoy.yaml) without the response-headers phase. An
+/// override replaces the whole mode, so every field is spelled out: an unset
+/// `request_body_mode` would be `NONE`, and the manifest would go unmeasured.
+fn skip_response_headers() -> ProcessingMode {
+    ProcessingMode {
+        request_header_mode: HeaderSendMode::Send as i32,
+        response_header_mode: HeaderSendMode::Skip as i32,
+        request_body_mode: BodySendMode::Buffered as i32,
+        response_body_mode: BodySendMode::None as i32,
+        request_trailer_mode: HeaderSendMode::Skip as i32,
+        response_trailer_mode: HeaderSendMode::Skip as i32,
+    }
+}
+
 fn continue_message(message: Message) -> ProcessingResponse {
     respond_with(match message {
         Message::RequestHeaders => Reply::RequestHeaders(HeadersResponse::default()),

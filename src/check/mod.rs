@@ -104,6 +104,7 @@ use tokio::time::Instant;
 use crate::metrics::{DecisionLabels, Metrics};
 use crate::policy::{
     Decision, Denial, Evaluation, Facts, ManifestPush, ManifestWrite, Reference, TagBook, Verdict,
+    WriteKind,
 };
 use crate::snapshot::Snapshot;
 
@@ -662,6 +663,21 @@ impl<S: TagSource> Checker<S> {
             "error" => decision_line!(warn),
             _ => decision_line!(info),
         }
+    }
+
+    /// Whether the registry's answer to `write` can matter here, known from its request line
+    /// alone. A push by digest naming no tag reserves and creates none, and where no limit
+    /// warns there is nothing to add to the answer either: the ext_proc adapter then asks
+    /// Envoy to skip that phase. What is given up: such a push let through unjudged (the
+    /// registry had refused the client) is not reported when the registry stores it anyway;
+    /// the tag pushes that follow it are.
+    pub fn needs_registry_answer(&self, write: &ManifestWrite) -> bool {
+        if write.kind != WriteKind::Put || !write.tags().is_empty() {
+            return true;
+        }
+        let snapshot = self.snapshot();
+        let limits = snapshot.policy.limits_for(&write.repository).1;
+        !limits.enforcement.refuses() || limits.warn_at.is_some()
     }
 
     /// The registry's answer to a push let through unjudged because the registry had refused the

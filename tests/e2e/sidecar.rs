@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::{
     Descriptor, Envoy, Gateway, GatewayOptions, HttpReply, OCI_CONFIG, OCI_LAYER_TAR, OCI_MANIFEST,
-    Registry, RegistryClient, RegistryOptions, Stack, StackOptions, TokenIssuer, eventually,
-    oci_image_layout, oci_index_layout, oci_index_layout_seeded, sha256_digest, skopeo_copy,
-    skopeo_copy_all, skopeo_inspect_raw,
+    Registry, RegistryClient, RegistryOptions, Scrape, Stack, StackOptions, TokenIssuer,
+    eventually, oci_image_layout, oci_index_layout, oci_index_layout_seeded, sha256_digest,
+    skopeo_copy, skopeo_copy_all, skopeo_inspect_raw,
 };
 
 /// The seed product's example limits (`tests/fixtures/policy/valid/seed.yaml`).
@@ -1281,5 +1281,69 @@ async fn a_delete_by_digest_through_envoy_frees_the_slots_of_the_tags_it_removed
     assert_eq!(
         registry_tags(&direct, "project-1/app").await,
         strings(&["v1", "v2", "v4"])
+    );
+}
+
+/// A push by digest that names no tag reserves and creates nothing, so the registry's answer
+/// settles nothing: the sidecar asks Envoy to skip it (`mode_override`, which envoy/envoy.yaml
+/// allows in exactly that mode) and Envoy sends 2 messages instead of 3. A tag push, a digest
+/// push with `?tag=`, and a digest push into a repository whose limits may warn keep all 3. The
+/// skipped phase costs no count and no stream error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_by_digest_naming_no_tag_skips_the_registry_answer_phase() {
+    const SENT: &str = "http.registry.ext_proc.stream_msgs_sent";
+    let config = "max_image_size: 1MB\ntag_count_limit: 3\nrules:\n  - path: ^warned/.*\n    limit:\n      max_image_size: 1MB\n      tag_count_limit: 3\n      warn_at: 50%\n";
+    let stack = Stack::start(config).await;
+    let client = stack.envoy.client();
+    let admin = stack.gateway.admin();
+    let before = Scrape::take(&admin).await;
+    let put = async |repo: &str, reference: &str, marker: &str| -> (u16, u64) {
+        let config = client.upload_blob(repo, b"{}").await;
+        let layer = client.upload_blob(repo, marker.as_bytes()).await;
+        let body = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{OCI_MANIFEST}","config":{{"mediaType":"{OCI_CONFIG}","digest":"{config}","size":2}},"layers":[{{"mediaType":"{OCI_LAYER_TAR}","digest":"{layer}","size":{}}}]}}"#,
+            marker.len()
+        );
+        let reference = reference.replace("DIGEST", &sha256_digest(body.as_bytes()));
+        let sent = stack.envoy.stat(SENT).await.unwrap_or(0);
+        let reply = client
+            .put_manifest(repo, &reference, OCI_MANIFEST, body.as_bytes())
+            .await;
+        // Envoy counts a stream's messages as it sends them; the last one may trail the answer.
+        let mut messages = 0;
+        for _ in 0..40 {
+            messages = stack.envoy.stat(SENT).await.unwrap_or(0) - sent;
+            if messages >= 3 || (messages == 2 && reference.starts_with("sha256:")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        (reply.status, messages)
+    };
+    assert_eq!(put("plain/app", "DIGEST", "a").await, (201, 2), "by digest");
+    assert_eq!(put("plain/app", "v1", "b").await, (201, 3), "by tag");
+    assert_eq!(
+        put("plain/app", "DIGEST?tag=v2", "c").await,
+        (201, 3),
+        "by digest with ?tag="
+    );
+    assert_eq!(
+        put("warned/app", "DIGEST", "d").await,
+        (201, 3),
+        "by digest where a limit may warn"
+    );
+    // The counts are untouched: v1 is the only tag (distribution 2.8 ignores `?tag=`), so two
+    // more fit and a third does not, with digest pushes in between.
+    assert_eq!(put("plain/app", "v3", "e").await.0, 201);
+    assert_eq!(put("plain/app", "DIGEST", "f").await, (201, 2));
+    assert_eq!(put("plain/app", "v4", "g").await.0, 201);
+    assert_eq!(put("plain/app", "v5", "h").await.0, 403);
+    let after = Scrape::take(&admin).await;
+    let errors = "registry_gateway_stream_errors_total";
+    assert_eq!(
+        after.get(errors, &[]),
+        before.get(errors, &[]),
+        "{}",
+        after.0
     );
 }

@@ -301,7 +301,7 @@ pub(crate) enum Tweak {
 }
 
 /// What the mode_override probe's Envoys change in `envoy/envoy.yaml`.
-pub(crate) const MODE_OVERRIDE_DIFF: &str = "`allow_mode_override: true` added to the envoy.filters.http.ext_proc filter's typed_config (the shipped file leaves it false, so Envoy ignores every mode_override); everything else identical";
+pub(crate) const MODE_OVERRIDE_DIFF: &str = "`allow_mode_override: true` set again on the envoy.filters.http.ext_proc filter's typed_config (the shipped file sets it too, with `allowed_override_modes` listing exactly the response-headers skip the probe sends), so the probe does not depend on it; everything else identical";
 
 /// Sets `allow_mode_override: true` on every ext_proc filter config; returns how many.
 fn allow_mode_override(config: &mut Value) -> usize {
