@@ -86,7 +86,7 @@ pub use registry::{
 };
 pub use seed::{SEED_LIMITS, SeedLimits};
 pub use tarball::{random_file, rootfs_tar};
-pub use token::{TOKEN_ISSUER, TOKEN_SERVICE, TokenIssuer, TokenRequest};
+pub use token::{TOKEN_ISSUER, TOKEN_SERVICE, TokenIssuer, TokenRequest, basic_authorization};
 
 /// The repository root (where the workspace's `Cargo.toml`, `envoy/` and `.venv/` live): two
 /// levels above this crate.

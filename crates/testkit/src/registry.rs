@@ -20,6 +20,9 @@ pub struct RegistryOptions {
     /// `Some((user, password))`: HTTP Basic auth from a bcrypt htpasswd file (`auth.htpasswd`);
     /// every request without these credentials gets `401` with `WWW-Authenticate: Basic`.
     pub htpasswd: Option<(String, String)>,
+    /// More users of the same htpasswd file besides `htpasswd`'s (which [`Registry::client`]
+    /// uses), e.g. the sidecar's own reading account beside the pushers'. Needs `htpasswd`.
+    pub htpasswd_more_users: Vec<(String, String)>,
     /// `Some(..)`: Docker token auth (`auth.token`); requests need a Bearer JWT from the issuer.
     /// Mutually exclusive with `htpasswd`.
     pub token_auth: Option<TokenAuthConfig>,
@@ -31,6 +34,7 @@ impl Default for RegistryOptions {
     fn default() -> RegistryOptions {
         RegistryOptions {
             htpasswd: None,
+            htpasswd_more_users: Vec::new(),
             token_auth: None,
             delete_enabled: true,
         }
@@ -49,6 +53,13 @@ impl RegistryOptions {
             htpasswd: Some((user.to_owned(), password.to_owned())),
             ..RegistryOptions::default()
         }
+    }
+
+    /// Adds another user to the htpasswd file (see [`RegistryOptions::htpasswd_more_users`]).
+    pub fn and_htpasswd_user(mut self, user: &str, password: &str) -> RegistryOptions {
+        self.htpasswd_more_users
+            .push((user.to_owned(), password.to_owned()));
+        self
     }
 }
 
@@ -92,11 +103,15 @@ impl Registry {
         let storage = dir.path().join("storage");
         std::fs::create_dir(&storage).expect("temp dir is writable");
 
+        assert!(
+            options.htpasswd.is_some() || options.htpasswd_more_users.is_empty(),
+            "more htpasswd users need a first one (`htpasswd`)"
+        );
         let mut auth = String::new();
-        if let Some((user, password)) = &options.htpasswd {
+        if let Some(first) = &options.htpasswd {
             let htpasswd = dir.path().join("htpasswd");
-            std::fs::write(&htpasswd, bcrypt_htpasswd_line(user, password))
-                .expect("temp dir is writable");
+            let users = std::iter::once(first).chain(&options.htpasswd_more_users);
+            write_htpasswd(&htpasswd, users);
             auth = format!(
                 "auth:\n  htpasswd:\n    realm: registry-gateway-tests\n    path: {}\n",
                 htpasswd.display()
@@ -245,6 +260,48 @@ impl Registry {
     pub fn kill(&mut self) {
         self.child.kill();
     }
+
+    /// Gives htpasswd user `user` a new password: the file is rewritten (a new file renamed
+    /// over it). distribution 2.8.2 re-reads its htpasswd file once its modification time
+    /// changes: the very next request is judged by the new file and the old password is
+    /// refused, with no restart (tests/e2e/faults.rs checks it). If `user` is the first user,
+    /// [`Registry::client`] uses the new password from now on.
+    pub fn set_htpasswd_password(&mut self, user: &str, password: &str) {
+        let path = self.dir.path().join("htpasswd");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("this registry has no htpasswd file: {e}"));
+        let line = bcrypt_htpasswd_line(user, password);
+        let prefix = format!("{user}:");
+        let mut found = false;
+        let rewritten: String = text
+            .lines()
+            .map(|old| {
+                if old.starts_with(&prefix) {
+                    found = true;
+                    line.clone()
+                } else {
+                    format!("{old}\n")
+                }
+            })
+            .collect();
+        assert!(found, "no htpasswd user {user:?}");
+        let tmp = self.dir.path().join(".htpasswd.tmp");
+        std::fs::write(&tmp, rewritten).expect("temp dir is writable");
+        std::fs::rename(&tmp, &path).expect("rename within the temp dir");
+        if let Some((first, first_password)) = &mut self.credentials
+            && first == user
+        {
+            *first_password = password.to_owned();
+        }
+    }
+}
+
+/// One bcrypt line per `(user, password)`.
+fn write_htpasswd<'a>(path: &Path, users: impl Iterator<Item = &'a (String, String)>) {
+    let text: String = users
+        .map(|(user, password)| bcrypt_htpasswd_line(user, password))
+        .collect();
+    std::fs::write(path, text).expect("temp dir is writable");
 }
 
 /// One access-log line: `127.0.0.1 - user [time] "GET /v2/x/tags/list?n=10 HTTP/1.1" 200 57 "" "ua"`.

@@ -39,7 +39,8 @@ pub struct TokenRequest {
 /// A running token issuer on `127.0.0.1:<ephemeral>`; stops on drop.
 ///
 /// The one user it knows gets every action it asks for; anonymous requests get a token with no
-/// access (the registry then answers 401 again); wrong credentials get 401.
+/// access (the registry then answers 401 again); wrong credentials get 401. The user's password
+/// can be changed while it runs ([`TokenIssuer::set_password`]).
 pub struct TokenIssuer {
     addr: SocketAddr,
     state: Arc<IssuerState>,
@@ -50,7 +51,7 @@ pub struct TokenIssuer {
 
 struct IssuerState {
     user: String,
-    password: String,
+    password: Mutex<String>,
     key: PathBuf,
     cert: PathBuf,
     cert_der_base64: String,
@@ -89,7 +90,7 @@ impl TokenIssuer {
         ]);
         let state = Arc::new(IssuerState {
             user: user.to_owned(),
-            password: password.to_owned(),
+            password: Mutex::new(password.to_owned()),
             key,
             cert,
             cert_der_base64: base64(&der, STANDARD),
@@ -158,6 +159,13 @@ impl TokenIssuer {
         sign_token(&self.state, &self.state.user, &access)
     }
 
+    /// Changes the user's password, as refreshing a Harbor robot account's secret does: from now
+    /// on the old one gets `401`. Tokens already issued stay valid until they expire: a JWT
+    /// cannot be called back, and the registry checks only its signature and claims.
+    pub fn set_password(&self, password: &str) {
+        *self.state.password.lock().expect("not poisoned") = password.to_owned();
+    }
+
     /// Every token request so far.
     pub fn requests(&self) -> Vec<TokenRequest> {
         self.state.requests.lock().expect("not poisoned").clone()
@@ -202,8 +210,11 @@ async fn issue(state: &Arc<IssuerState>, uri: &Uri, headers: &HeaderMap) -> Resp
         status: 200,
     };
 
+    let known = credentials.as_ref().is_some_and(|(user, password)| {
+        *user == state.user && *password == *state.password.lock().expect("not poisoned")
+    });
     let granted: Vec<(String, Vec<String>)> = match &credentials {
-        Some((user, password)) if *user == state.user && *password == state.password => scopes
+        Some(_) if known => scopes
             .iter()
             .filter_map(|scope| {
                 // `repository:<name>:<actions>`; names contain `/` but never `:`.
@@ -289,6 +300,15 @@ fn sign_token(state: &IssuerState, subject: &str, access: &[(String, Vec<String>
         signing_input.as_bytes(),
     );
     format!("{signing_input}.{}", base64(&signature, URL_SAFE))
+}
+
+/// The `Authorization` value HTTP Basic sends for `user` and `password`
+/// (`Basic base64(user:password)`), e.g. to check that it never reaches a log.
+pub fn basic_authorization(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64(format!("{user}:{password}").as_bytes(), STANDARD)
+    )
 }
 
 fn openssl(args: &[&str]) -> Vec<u8> {
