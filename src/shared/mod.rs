@@ -266,6 +266,12 @@ fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
+/// Without `TCP_NODELAY` (redis-rs leaves it off) a script call may wait on Nagle's algorithm
+/// behind the previous one's unacknowledged bytes.
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
+}
+
 /// Doubts wait this long for the registry (see `check::DOUBT_GRACE`).
 const GRACE_MS: u64 = 2_000;
 
@@ -280,7 +286,10 @@ impl SharedBooks {
         let conn = match url {
             StateUrl::Memory => return Ok(None),
             StateUrl::Single(u) => {
-                let client = redis::Client::open(u.as_str()).map_err(connect_error(redact(u)))?;
+                let info = redis::IntoConnectionInfo::into_connection_info(u.as_str())
+                    .map_err(connect_error(redact(u)))?
+                    .set_tcp_settings(tcp_settings());
+                let client = redis::Client::open(info).map_err(connect_error(redact(u)))?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(options.timeout))
                     .set_response_timeout(Some(options.timeout));
@@ -292,6 +301,7 @@ impl SharedBooks {
             StateUrl::Cluster(nodes) => {
                 let shown = format!("{url:?}");
                 let client = ClusterClient::builder(nodes.clone())
+                    .tcp_settings(tcp_settings())
                     .connection_timeout(options.timeout)
                     .response_timeout(options.timeout)
                     .build()
