@@ -874,19 +874,36 @@ async fn rotation_run(
 /// kubelet updates the sidecar's mounted Secret seconds later. Pushes go on throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_credentials_rotated_during_pushes_fail_closed_then_recover_without_a_restart() {
+    let figures = htpasswd_rotation("rotation", &[]).await;
+    eprintln!("fault: registry credentials rotated during pushes (htpasswd): {figures}");
+}
+
+/// The same with the tag books in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails: in Redis mode a failed tag-list read keeps the store's read lock (decision timeout + 1 s), so every decision for that repository in that time waits out its 2.5 s deadline and answers 503 naming a timeout, not the refused credentials"]
+async fn registry_credentials_rotated_during_pushes_with_redis_fail_closed_promptly() {
+    let redis = support::Redis::start(false).await;
+    let figures = htpasswd_rotation("redis-rotation", &["--state", &redis.url()]).await;
+    eprintln!("fault: registry credentials rotated during pushes (htpasswd, Redis): {figures}");
+}
+
+/// One htpasswd rotation run (see above) with `extra` sidecar flags; the `fault:` figures.
+async fn htpasswd_rotation(prefix: &'static str, extra: &[&str]) -> String {
     let mut volume = SecretVolume::new(READER, OLD_PASSWORD);
+    let mut args = rotation_gateway_args(&volume);
+    args.extend(extra.iter().map(|a| (*a).to_owned()));
     let mut stack = Stack::start_with(support::StackOptions {
         registry: support::RegistryOptions::with_htpasswd(PUSHER, PUSHER_PASSWORD)
             .and_htpasswd_user(READER, OLD_PASSWORD),
         credentials_dir: false,
-        gateway_extra_args: rotation_gateway_args(&volume),
+        gateway_extra_args: args,
         ..support::StackOptions::new(&config(ROTATION_ROOM as u64))
     })
     .await;
     let pid = stack.gateway.pid();
     let (front, direct) = (stack.client(), stack.registry_client());
     let run = RotationRun {
-        prefix: "rotation",
+        prefix,
         push_client: Arc::new(move |_| front.clone()),
         direct_client: Arc::new(move |_| direct.clone()),
         admin: stack.gateway.admin(),
@@ -920,7 +937,7 @@ async fn registry_credentials_rotated_during_pushes_fail_closed_then_recover_wit
             (PUSHER, PUSHER_PASSWORD),
         ],
     );
-    eprintln!("fault: registry credentials rotated during pushes (htpasswd): {figures}");
+    figures
 }
 
 /// The same rotation behind Docker token auth. The issuer is the kit's fake standing in for
