@@ -19,6 +19,11 @@ redis.call('HDEL', KEYS[2], 'fetching')
 redis.call('HINCRBY', KEYS[2], 'reads', 1)
 if stale then redis.call('HSET', KEYS[2], 'stale', '1') else redis.call('HDEL', KEYS[2], 'stale') end
 local started = tonumber(ARGV[3])
+-- A delete that raced a re-push left its tag counted until that push is over (settle.lua): a
+-- list read before then may not show the tag the push is about to store.
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '(' .. started, '+inf')) do
+  if string.sub(member, 1, 2) == 'w:' then redis.call('SADD', KEYS[1], string.sub(member, 3)) end
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', started - tonumber(ARGV[4]))
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', started)
 redis.call('PEXPIRE', KEYS[1], ARGV[6])

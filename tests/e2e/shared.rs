@@ -459,6 +459,29 @@ async fn a_delete_racing_a_rewrite_keeps_the_tag_counted_until_the_list_is_read_
         tally.count, 1,
         "y is gone; x stays counted while its re-write may still land"
     );
+    // A tag-list read in that time, showing neither, keeps x counted all the same.
+    books
+        .settle(&keys, Settle::Stale, "", &[], &[])
+        .await
+        .expect("stale");
+    let Decided::Cold(reads) = decide("z", false).await else {
+        panic!("a stale list must be read again")
+    };
+    assert_eq!(
+        books.begin_read(&keys, hold, &reads).await.expect("begin"),
+        Begin::Read
+    );
+    let started = SharedBooks::now_ms();
+    assert!(
+        books
+            .complete_read(&keys, started, ttl, &[])
+            .await
+            .expect("complete")
+    );
+    let Decided::Tally { tally, .. } = decide("z", false).await else {
+        panic!("warm after the read")
+    };
+    assert_eq!(tally.count, 1, "x stays counted across the read");
     // Once the re-write's lease would have run out, the list is read again.
     tokio::time::sleep(hold + Duration::from_millis(200)).await;
     assert!(
