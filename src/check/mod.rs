@@ -572,7 +572,6 @@ impl<S: TagSource> Checker<S> {
                 // A dry run reserved nothing and has no registry answer to follow.
                 let ticket = (slots == Slots::Reserve).then(|| Ticket {
                     backing: backing.unwrap_or_else(|| self.backing_for(&write.repository)),
-                    tags: write.tags(),
                     reference_tag: write.reference.tag().map(str::to_owned),
                     reserved,
                     metrics: self.metrics.clone(),

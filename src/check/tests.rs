@@ -515,6 +515,29 @@ async fn ext_authz_reservations_expire_and_the_list_is_read_again() {
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
 
+/// Re-pushing a counted tag through ext_authz reserves nothing, and its unseen answer can change
+/// no count: the list is not read again for it, however often it is pushed.
+#[tokio::test(start_paused = true)]
+async fn ext_authz_re_pushes_of_counted_tags_call_for_no_read() {
+    let source = source_with(&["a"]);
+    let calls = source.calls.clone();
+    let c = checker(source, "tag_count_limit: 2\n", CheckOptions::default());
+    for _ in 0..3 {
+        let checked = push_via(&c, Transport::ExtAuthz, "/v2/r/manifests/a").await;
+        let ticket = checked.ticket.expect("allowed");
+        assert!(ticket.reserved().is_empty());
+        ticket.expire_after(Duration::from_secs(30));
+        tokio::time::sleep(Duration::from_secs(31)).await;
+    }
+    assert_eq!(
+        push_via(&c, Transport::ExtAuthz, "/v2/r/manifests/b")
+            .await
+            .outcome,
+        Outcome::Allow
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one read, the first");
+}
+
 #[tokio::test]
 async fn idle_repositories_are_forgotten() {
     let c = checker_over(&[], "{}");

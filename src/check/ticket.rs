@@ -51,8 +51,6 @@ impl SharedLease {
 #[derive(Debug)]
 pub struct Ticket {
     pub(super) backing: Backing,
-    /// Every tag the push names.
-    pub(super) tags: Vec<String>,
     pub(super) reference_tag: Option<String>,
     pub(super) reserved: Vec<String>,
     pub(super) metrics: Arc<Metrics>,
@@ -138,9 +136,13 @@ impl Ticket {
 
     /// ext_authz has no response phase: hold the slots for `ttl`, then release them and read
     /// the tag list again on the next decision, which then shows whether the push landed.
+    ///
+    /// A push that reserved nothing named only tags the book already counts: whether it landed
+    /// changes no count, so it calls for no read. (A delete racing it marks the list for a read
+    /// of its own, now and after `ttl`.)
     pub fn expire_after(mut self, ttl: Duration) {
         self.settled = true;
-        if self.reserved.is_empty() && self.tags.is_empty() {
+        if self.reserved.is_empty() {
             return;
         }
         let Backing::Memory(repo) = &self.backing else {
@@ -150,19 +152,14 @@ impl Ticket {
         let repo = repo.clone();
         let reserved = std::mem::take(&mut self.reserved);
         let metrics = self.metrics.clone();
-        let has_tags = !self.tags.is_empty();
         tokio::spawn(async move {
             tokio::time::sleep(ttl).await;
             let mut state = repo.lock();
             for tag in &reserved {
                 state.book.release(tag);
             }
-            if has_tags {
-                state.apply(Change::Stale);
-            }
-            if !reserved.is_empty() {
-                Metrics::count(&metrics.reservations, "expired");
-            }
+            state.apply(Change::Stale);
+            Metrics::count(&metrics.reservations, "expired");
         });
     }
 }
