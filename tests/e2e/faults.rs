@@ -107,16 +107,19 @@ async fn a_sidecar_killed_during_concurrent_pushes_leaves_the_count_exact_after_
         ROOM,
         "exactly the room, after the restart: {tags:?}"
     );
-    assert_eq!(count(&after, 201), ROOM - stored_before, "{after:?}");
-    assert_eq!(
-        count(&after, 403),
-        ROUND - (ROOM - stored_before),
-        "{after:?}"
-    );
+    // A first-round push admitted before the kill can land after its client was answered
+    // (seen: 18 tags when every client had its answer, 20 a moment later; Envoy answers the
+    // client when the stream to the dead sidecar breaks, the registry may still be storing).
+    // So the first round's share is read from the final tags, not from `stored_before`.
+    let (first_round, second_round) = tags.iter().partition::<Vec<_>, _>(|t| t.starts_with('a'));
+    assert_eq!(count(&after, 201), second_round.len(), "{after:?}");
+    assert_eq!(count(&after, 201), ROOM - first_round.len(), "{after:?}");
+    assert_eq!(count(&after, 403), ROUND - count(&after, 201), "{after:?}");
     eprintln!(
-        "fault: sidecar SIGKILLed mid-round: {} pushes during ({} stored, statuses {during:?}); after restart {} of {ROUND} admitted, {} tags stored for room {ROOM}; recovery {:.2}s",
+        "fault: sidecar SIGKILLed mid-round: {} pushes during ({} stored at their answers, {} in the end, statuses {during:?}); after restart {} of {ROUND} admitted, {} tags stored for room {ROOM}; recovery {:.2}s",
         during.len(),
         stored_before,
+        first_round.len(),
         count(&after, 201),
         tags.len(),
         recovery.as_secs_f64()
