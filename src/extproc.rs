@@ -353,11 +353,11 @@ enum Message {
     ResponseTrailers,
 }
 
-/// Lets `message` through unchanged.
 /// The shipped processing mode (envoy/envoy.yaml) without the response-headers phase. An
 /// override replaces the whole mode, so every field is spelled out: an unset
-/// `request_body_mode` would be `NONE`, and the manifest would go unmeasured.
-fn skip_response_headers() -> ProcessingMode {
+/// `request_body_mode` would be `NONE`, and the manifest would go unmeasured. Public so that the
+/// benchmark's mode_override probe sends exactly the override the sidecar sends.
+pub fn skip_response_headers() -> ProcessingMode {
     ProcessingMode {
         request_header_mode: HeaderSendMode::Send as i32,
         response_header_mode: HeaderSendMode::Skip as i32,
@@ -368,6 +368,7 @@ fn skip_response_headers() -> ProcessingMode {
     }
 }
 
+/// Lets `message` through unchanged.
 fn continue_message(message: Message) -> ProcessingResponse {
     respond_with(match message {
         Message::RequestHeaders => Reply::RequestHeaders(HeadersResponse::default()),

@@ -28,10 +28,6 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
-use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::ProcessingMode;
-use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::{
-    BodySendMode, HeaderSendMode,
-};
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_client::ExternalProcessorClient;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::{
     ExternalProcessor, ExternalProcessorServer,
@@ -224,7 +220,7 @@ impl ExternalProcessor for Noop {
                 );
                 let mut reply = continue_reply(phase);
                 if overridden {
-                    reply.mode_override = Some(skip_response_headers());
+                    reply.mode_override = Some(registry_gateway::extproc::skip_response_headers());
                 }
                 if tx.send(Ok(reply)).await.is_err() {
                     return;
@@ -232,20 +228,6 @@ impl ExternalProcessor for Noop {
             }
         });
         Ok(Response::new(ReceiverStream::new(rx)))
-    }
-}
-
-/// `envoy/envoy.yaml`'s processing mode with the response-headers phase skipped. A mode_override
-/// replaces the whole mode, so every field is spelled out: an omitted `request_body_mode` would
-/// be NONE and the manifest would go unseen.
-fn skip_response_headers() -> ProcessingMode {
-    ProcessingMode {
-        request_header_mode: HeaderSendMode::Send as i32,
-        response_header_mode: HeaderSendMode::Skip as i32,
-        request_body_mode: BodySendMode::Buffered as i32,
-        response_body_mode: BodySendMode::None as i32,
-        request_trailer_mode: HeaderSendMode::Skip as i32,
-        response_trailer_mode: HeaderSendMode::Skip as i32,
     }
 }
 
