@@ -22,6 +22,27 @@ use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 /// manifest route. tonic's default 4 MiB limit would turn a legal manifest into a 500.
 pub const GRPC_MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 
+/// `$server::new($service)` with the gRPC message limits above, reported serving to the health
+/// service. A macro because the generated servers set their limits with inherent methods, not
+/// through a trait.
+macro_rules! limited_server {
+    ($health:expr, $server:ident, $service:expr) => {{
+        let server = $server::new($service)
+            .max_decoding_message_size(GRPC_MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(GRPC_MAX_MESSAGE_BYTES);
+        report_serving(&$health, &server).await;
+        server
+    }};
+}
+
+/// Marks `S` serving in `grpc.health.v1`; the server is passed only to name its type.
+async fn report_serving<S: tonic::server::NamedService>(
+    health: &tonic_health::server::HealthReporter,
+    _server: &S,
+) {
+    health.set_serving::<S>().await;
+}
+
 /// Why `serve` could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -194,28 +215,21 @@ impl App {
         let admin_listener = listeners.admin;
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<ExternalProcessorServer<ExtProcService<RegistryClient>>>()
-            .await;
-
-        let extproc =
-            ExternalProcessorServer::new(ExtProcService::new(checker.clone(), metrics.clone()))
-                .max_decoding_message_size(GRPC_MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(GRPC_MAX_MESSAGE_BYTES);
-
-        let extauthz = AuthorizationServer::new(ExtAuthzService::new(checker.clone()))
-            .max_decoding_message_size(GRPC_MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(GRPC_MAX_MESSAGE_BYTES);
-        health_reporter
-            .set_serving::<AuthorizationServer<ExtAuthzService<RegistryClient>>>()
-            .await;
-
-        let preflight = PolicyServer::new(PolicyService::new(checker.clone()))
-            .max_decoding_message_size(GRPC_MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(GRPC_MAX_MESSAGE_BYTES);
-        health_reporter
-            .set_serving::<PolicyServer<PolicyService<RegistryClient>>>()
-            .await;
+        let extproc = limited_server!(
+            health_reporter,
+            ExternalProcessorServer,
+            ExtProcService::new(checker.clone(), metrics.clone())
+        );
+        let extauthz = limited_server!(
+            health_reporter,
+            AuthorizationServer,
+            ExtAuthzService::new(checker.clone())
+        );
+        let preflight = limited_server!(
+            health_reporter,
+            PolicyServer,
+            PolicyService::new(checker.clone())
+        );
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(REFLECTION_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
