@@ -566,12 +566,38 @@ async fn put_with_trailers(
     .await
 }
 
-async fn upload_image_blobs(client: &support::RegistryClient, repo: &str, layout: &Layout) {
-    for blob in std::iter::once(&layout.images[0].config).chain(&layout.images[0].layers) {
-        client
-            .upload_blob(repo, &layout.read_blob(&blob.digest))
-            .await;
-    }
+/// An image of one 1 KiB layer (`seed` tells images apart) with its blobs uploaded to `repo`, so
+/// that only its manifest remains to be PUT; the directory holds the layout.
+async fn image_with_blobs_in(
+    client: &support::RegistryClient,
+    repo: &str,
+    seed: u64,
+) -> (tempfile::TempDir, Layout) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let layout = oci_image_layout(dir.path(), &[1024], seed);
+    client.upload_layout_blobs(repo, &layout).await;
+    (dir, layout)
+}
+
+/// The fake processor's record of the PUT of `tag`, printed with what the client got.
+fn seen_put(
+    fake: &support::FakeExtProc,
+    tag: &str,
+    client_got: Option<u16>,
+) -> support::SeenStream {
+    let put = fake
+        .streams()
+        .into_iter()
+        .find(|s| s.path.ends_with(&format!("/{tag}")))
+        .expect("the PUT's stream");
+    eprintln!(
+        "{tag}: client got {client_got:?}; processor saw {} body message(s), {} bytes, end_of_stream {}, other phases {:?}",
+        put.body_messages,
+        put.body.len(),
+        put.body_end_of_stream,
+        put.unexpected
+    );
+    put
 }
 
 /// What Envoy 1.40 hands the processor, with a recording stand-in for the sidecar: with
@@ -586,25 +612,11 @@ async fn envoy_sends_a_body_followed_by_trailers_whole_but_not_as_the_end_of_the
         registry_addr: registry.addr(),
         gateway_addr: fake.addr(),
     };
-    let dir = tempfile::tempdir().expect("temp dir");
-    let layout = oci_image_layout(dir.path(), &[1024], 4);
-    upload_image_blobs(&registry.client(), "trailers/app", &layout).await;
+    let (_dir, layout) = image_with_blobs_in(&registry.client(), "trailers/app", 4).await;
 
     let envoy = Envoy::start(options).await;
     let skip = put_with_trailers(envoy.addr(), "trailers/app", "skip", &layout.manifest).await;
-    let seen = fake.streams();
-    let put = seen
-        .iter()
-        .find(|s| s.path.ends_with("/skip"))
-        .expect("the PUT's stream");
-    eprintln!(
-        "SKIP: client got {:?}; processor saw {} body message(s), {} bytes, end_of_stream {}, other phases {:?}",
-        skip.status(),
-        put.body_messages,
-        put.body.len(),
-        put.body_end_of_stream,
-        put.unexpected
-    );
+    let put = seen_put(&fake, "skip", skip.status());
     assert_eq!(
         skip.status(),
         Some(201),
@@ -636,19 +648,7 @@ async fn envoy_sends_a_body_followed_by_trailers_whole_but_not_as_the_end_of_the
     });
     let envoy = Envoy::start_with_config(&send, options).await;
     let answer = put_with_trailers(envoy.addr(), "trailers/app", "send", &layout.manifest).await;
-    let seen = fake.streams();
-    let put = seen
-        .iter()
-        .find(|s| s.path.ends_with("/send"))
-        .expect("the PUT's stream");
-    eprintln!(
-        "SEND: client got {:?}; processor saw {} body message(s), {} bytes, end_of_stream {}, other phases {:?}",
-        answer.status(),
-        put.body_messages,
-        put.body.len(),
-        put.body_end_of_stream,
-        put.unexpected
-    );
+    let put = seen_put(&fake, "send", answer.status());
     assert_eq!(put.body, layout.manifest);
     assert!(!put.body_end_of_stream);
     assert!(
@@ -664,9 +664,7 @@ async fn envoy_sends_a_body_followed_by_trailers_whole_but_not_as_the_end_of_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manifest_put_with_trailers_over_http2_is_stored() {
     let stack = Stack::start(LIMITS).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let layout = oci_image_layout(dir.path(), &[1024], 3);
-    upload_image_blobs(&stack.client(), "trailers/app", &layout).await;
+    let (_dir, layout) = image_with_blobs_in(&stack.client(), "trailers/app", 3).await;
     let answer =
         put_with_trailers(stack.envoy.addr(), "trailers/app", "v1", &layout.manifest).await;
     assert_eq!(answer.status(), Some(201), "{}", answer.text());
@@ -682,9 +680,7 @@ async fn a_manifest_put_with_trailers_over_http2_is_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manifest_of_nearly_4_mib_over_http2_is_stored() {
     let stack = Stack::start(LIMITS).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let layout = oci_image_layout(dir.path(), &[1024], 6);
-    upload_image_blobs(&stack.client(), "big/app", &layout).await;
+    let (_dir, layout) = image_with_blobs_in(&stack.client(), "big/app", 6).await;
     let mut manifest: Value = serde_json::from_slice(&layout.manifest).expect("manifest JSON");
     let pad = 4 * 1024 * 1024 - 64 * 1024 - layout.manifest.len();
     manifest["annotations"] = serde_json::json!({ "org.example.pad": "x".repeat(pad) });
