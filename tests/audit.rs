@@ -9,8 +9,8 @@ use std::time::Instant;
 use registry_gateway_testkit as support;
 use serde_json::{Value, json};
 use support::{
-    FaultProxy, Layout, Registry, RegistryClient, RegistryOptions, mount_layout_blobs_many,
-    oci_image_layout, oci_index_layout, put_manifest_many,
+    FaultProxy, Layout, Registry, RegistryClient, RegistryOptions, oci_image_layout,
+    oci_index_layout, put_manifest_many,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_registry-gateway");
@@ -447,67 +447,4 @@ async fn command_line_mistakes_are_explained() {
         );
         assert!(out.stdout.is_empty(), "{argv:?}: nothing on stdout");
     }
-}
-
-/// The performance target: 1,000 repositories of 20 tags audited in under 60 s and 64 MiB of
-/// RSS. Run on purpose (it fills a registry with 20,000 manifests first):
-/// `cargo test --release --test audit -- --ignored --nocapture`. The figures go in
-/// `docs/audit.md`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a measurement: minutes of filling, run it on purpose"]
-async fn a_thousand_repositories_of_twenty_tags_are_audited_within_budget() {
-    let registry = Registry::start(RegistryOptions::open()).await;
-    let dir = tempfile::tempdir().expect("temp dir");
-    let client = registry.client();
-    let image = oci_image_layout(&dir.path().join("image"), &[4 * KB, 2 * KB], 7);
-    push(&client, "seed/base", "v0", &image).await;
-    let repos: Vec<String> = (0..1000).map(|i| format!("scale/repo-{i:04}")).collect();
-    let started = Instant::now();
-    mount_layout_blobs_many(&client, &repos, "seed/base", &image, FILL_CONCURRENCY).await;
-    let targets = repos
-        .iter()
-        .flat_map(|repo| (0..20).map(move |t| (repo.clone(), format!("v{t:02}"))));
-    put_manifest_many(
-        &client,
-        targets,
-        &image.media_type,
-        &image.manifest,
-        FILL_CONCURRENCY,
-    )
-    .await;
-    eprintln!("filled 1,000 x 20 in {:?}", started.elapsed());
-
-    let config = write_config(dir.path(), "config.yaml", GENEROUS);
-    let mut argv = vec![
-        "-f".to_owned(),
-        "%e %M %U %S".to_owned(),
-        BIN.to_owned(),
-        "audit".to_owned(),
-    ];
-    argv.extend(args(&config, &registry.url(), &["--json"]));
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("/usr/bin/time")
-            .args(&argv)
-            .output()
-            .expect("/usr/bin/time runs")
-    })
-    .await
-    .expect("task");
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let doc = document(&out);
-    assert_eq!(doc["repositories_scanned"], 1001);
-    assert_eq!(doc["tags_scanned"], 20_001);
-    let stderr = text(&out.stderr);
-    let figures = stderr.lines().last().unwrap_or_default();
-    let mut parts = figures.split_whitespace();
-    let seconds: f64 = parts.next().and_then(|s| s.parse().ok()).expect("elapsed");
-    let kib: u64 = parts.next().and_then(|s| s.parse().ok()).expect("max RSS");
-    let cpu: f64 = parts.filter_map(|s| s.parse::<f64>().ok()).sum();
-    let pages = registry.count_requests("GET", "/v2/_catalog");
-    eprintln!(
-        "audit of 1,001 repositories, 20,001 tags ({pages} catalog pages): {seconds} s, \
-         {cpu:.1} s of CPU, max RSS {kib} KiB"
-    );
-    assert!(seconds < 60.0, "{seconds} s");
-    assert!(kib < 64 * 1024, "{kib} KiB");
 }
