@@ -130,14 +130,14 @@ async fn fill(registry: &Registry, dir: &std::path::Path) -> Fixture {
     Fixture { big, nested, index }
 }
 
-fn violation(
+/// A finding as `--json` prints it, under the global limits (`rule` null) and for no index
+/// child (`platform` null); [`with`] sets what differs.
+fn finding(
     repository: &str,
     tag: Option<&str>,
     kind: &str,
     (measured, limit): (u64, u64),
-    rule: Option<(u64, &str)>,
     digest: Option<&str>,
-    platform: Option<&str>,
 ) -> Value {
     json!({
         "repository": repository,
@@ -145,10 +145,28 @@ fn violation(
         "kind": kind,
         "measured": measured,
         "limit": limit,
-        "rule": rule.map(|(index, path)| json!({"index": index, "path": path})),
+        "rule": null,
         "digest": digest,
-        "platform": platform,
+        "platform": null,
     })
+}
+
+/// The image of `repository:tag`, the manifest `digest`, measured against its size limit.
+fn image_size(repository: &str, tag: &str, digest: &str, sizes: (u64, u64)) -> Value {
+    finding(repository, Some(tag), "image_size", sizes, Some(digest))
+}
+
+/// The tags of `repository` counted against its tag limit.
+fn tag_count(repository: &str, counts: (u64, u64)) -> Value {
+    finding(repository, None, "tag_count", counts, None)
+}
+
+/// `finding` with the fields of `fields` (an object) set.
+fn with(mut finding: Value, fields: Value) -> Value {
+    if let (Some(finding), Value::Object(fields)) = (finding.as_object_mut(), fields) {
+        finding.extend(fields);
+    }
+    finding
 }
 
 /// Violations without fields another build may add (`enforcement`), for exact comparison.
@@ -171,55 +189,25 @@ fn expected(fixture: &Fixture) -> Vec<Value> {
     let arm64 = &fixture.index.images[1];
     // Both tags name the same index, so both report its arm64 child.
     let multi_arch = |tag| {
-        violation(
-            "multi/arch",
-            Some(tag),
-            "image_size",
-            (30 * KB, 20 * KB),
-            None,
-            Some(&arm64.digest),
-            Some("linux/arm64"),
+        with(
+            image_size("multi/arch", tag, &arm64.digest, (30 * KB, 20 * KB)),
+            json!({"platform": "linux/arm64"}),
         )
     };
+    let team_a = json!({"rule": {"index": 0, "path": "^team-a/.*"}});
     vec![
-        violation(
-            "a/b/c/d",
-            Some("v1"),
-            "image_size",
-            (25 * KB, 20 * KB),
-            None,
-            Some(&fixture.nested.digest),
-            None,
-        ),
-        violation(
-            "many/tags",
-            None,
-            "tag_count",
-            (10_000, 9999),
-            Some((1, "^many/.*")),
-            None,
-            None,
+        image_size("a/b/c/d", "v1", &fixture.nested.digest, (25 * KB, 20 * KB)),
+        with(
+            tag_count("many/tags", (10_000, 9999)),
+            json!({"rule": {"index": 1, "path": "^many/.*"}}),
         ),
         multi_arch("latest"),
         multi_arch("stable"),
-        violation(
-            "team-a/app",
-            Some("v3"),
-            "image_size",
-            (10 * KB, 8 * KB),
-            Some((0, "^team-a/.*")),
-            Some(&fixture.big.digest),
-            None,
+        with(
+            image_size("team-a/app", "v3", &fixture.big.digest, (10 * KB, 8 * KB)),
+            team_a.clone(),
         ),
-        violation(
-            "team-a/app",
-            None,
-            "tag_count",
-            (4, 3),
-            Some((0, "^team-a/.*")),
-            None,
-            None,
-        ),
+        with(tag_count("team-a/app", (4, 3)), team_a),
     ]
 }
 
@@ -345,38 +333,22 @@ async fn warn_at_flags_what_reached_its_share_and_violations_carry_their_enforce
     let out = audit(args(&config, &registry.url(), &["--json"])).await;
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
     let doc = document(&out);
-    let mut big = violation(
-        "soon/app",
-        Some("big"),
-        "image_size",
-        (12 * KB, 10 * KB),
-        Some((0, "^soon/.*")),
-        Some(&over.digest),
-        None,
+    let big = with(
+        image_size("soon/app", "big", &over.digest, (12 * KB, 10 * KB)),
+        json!({"rule": {"index": 0, "path": "^soon/.*"}, "enforcement": "warn"}),
     );
-    big["enforcement"] = json!("warn");
     assert_eq!(doc["violations"], json!([big]), "{doc}");
     // 9KB of 10KB and 4 of 5 tags reach 80% without breaking the limit: warnings, one per
     // tag for the size.
-    let mut warnings = Vec::new();
-    for tag in ["a", "b", "c", "d"] {
-        let mut w = violation(
-            "soft/app",
-            Some(tag),
-            "image_size",
-            (9 * KB, 10 * KB),
-            None,
-            Some(&near.digest),
-            None,
-        );
-        w["enforcement"] = json!("enforce");
-        w["warn_at"] = json!("80%");
-        warnings.push(w);
-    }
-    let mut count = violation("soft/app", None, "tag_count", (4, 5), None, None, None);
-    count["enforcement"] = json!("enforce");
-    count["warn_at"] = json!("80%");
-    warnings.push(count);
+    let reached = json!({"enforcement": "enforce", "warn_at": "80%"});
+    let mut warnings: Vec<Value> = ["a", "b", "c", "d"]
+        .into_iter()
+        .map(|tag| {
+            let size = image_size("soft/app", tag, &near.digest, (9 * KB, 10 * KB));
+            with(size, reached.clone())
+        })
+        .collect();
+    warnings.push(with(tag_count("soft/app", (4, 5)), reached));
     assert_eq!(doc["warnings"], json!(warnings), "{doc}");
 }
 
