@@ -490,8 +490,19 @@ impl<S: TagSource> Checker<S> {
                     let listed = self.source.list_tags(&repository).await;
                     let label = listed.as_ref().map_or_else(TagError::as_str, |_| "ok");
                     Metrics::count(&self.metrics.registry_calls, label);
+                    let listed = match listed {
+                        Ok(listed) => listed,
+                        Err(error) => {
+                            // Free the read at once: the decisions waiting on it then meet the
+                            // registry's own answer instead of waiting out the lock.
+                            if let Err(store) = shared.abandon_read(&keys).await {
+                                tracing::warn!(error = %store, "giving up a tag-list read in the state store failed");
+                            }
+                            return Err(error);
+                        }
+                    };
                     let counted: Vec<String> =
-                        listed?.into_iter().filter(|t| filter.counts(t)).collect();
+                        listed.into_iter().filter(|t| filter.counts(t)).collect();
                     shared
                         .complete_read(&keys, started, ttl, &counted)
                         .await

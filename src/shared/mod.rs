@@ -245,6 +245,7 @@ pub struct SharedBooks {
     decide: Script,
     begin: Script,
     complete: Script,
+    abandon: Script,
     settle: Script,
 }
 
@@ -325,6 +326,7 @@ impl SharedBooks {
             decide: Script::new(include_str!("decide.lua")),
             begin: Script::new(include_str!("begin.lua")),
             complete: Script::new(include_str!("complete.lua")),
+            abandon: Script::new(include_str!("abandon.lua")),
             settle: Script::new(include_str!("settle.lua")),
         });
         books
@@ -551,6 +553,14 @@ impl SharedBooks {
             .arg(tags);
         let reply = self.run("complete", invocation).await?;
         Ok(matches!(reply, Value::Int(1)))
+    }
+
+    /// Gives up this replica's tag-list read after the registry failed it (`abandon.lua`).
+    pub async fn abandon_read(&self, keys: &RepoKeys) -> Result<(), StoreError> {
+        use Key::*;
+        let mut invocation = keys.invocation(&self.abandon, &[Meta, Journal, Lock]);
+        invocation.arg(&self.owner);
+        self.run("abandon", invocation).await.map(drop)
     }
 
     /// A settlement or an observation: see `settle.lua`.

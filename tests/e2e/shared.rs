@@ -426,13 +426,26 @@ async fn a_delete_racing_a_rewrite_keeps_the_tag_counted_until_the_list_is_read_
                 .expect("decide")
         }
     };
-    // The list is cold: read it as a replica would.
+    // The list is cold: read it as a replica would. A read that fails gives the lock up at once,
+    // so the next decision reads instead of waiting it out.
     let Decided::Cold(reads) = decide("x", true).await else {
         panic!("a new repository must be read first")
     };
+    let long = Duration::from_secs(60);
+    assert_eq!(
+        books.begin_read(&keys, long, &reads).await.expect("begin"),
+        Begin::Read
+    );
+    assert_eq!(
+        books.begin_read(&keys, long, &reads).await.expect("begin"),
+        Begin::Wait,
+        "one read at a time"
+    );
+    books.abandon_read(&keys).await.expect("abandon");
     assert_eq!(
         books.begin_read(&keys, hold, &reads).await.expect("begin"),
-        Begin::Read
+        Begin::Read,
+        "a failed read holds no lock"
     );
     let started = SharedBooks::now_ms();
     assert!(
