@@ -725,9 +725,47 @@ fn hcm_mut(config: &mut Value) -> &mut Value {
         .expect("the listener's connection manager")
 }
 
+/// What a trickling client saw.
+struct Trickled {
+    /// Whether Envoy answered (or closed) before the last byte was sent.
+    cut: bool,
+    answer: Answer,
+    /// From the first trickled byte to the end of the answer.
+    took: Duration,
+    /// Kept open by the client, so that only Envoy can close it.
+    _sock: TcpStream,
+}
+
+/// Connects to `addr`, writes `head` at once, then trickles `bytes` 300 ms apart for at most
+/// 10 s, and reads the answer for up to `read_for`.
+async fn trickle(addr: SocketAddr, head: &str, bytes: &[u8], read_for: Duration) -> Trickled {
+    let mut sock = TcpStream::connect(addr).await.expect("connect");
+    sock.write_all(head.as_bytes()).await.expect("write head");
+    let started = Instant::now();
+    let cut = trickle_bytes(
+        &mut sock,
+        bytes,
+        Duration::from_millis(300),
+        Duration::from_secs(10),
+    )
+    .await;
+    let answer = parse_answer(&read_to_end(&mut sock, read_for).await);
+    Trickled {
+        cut,
+        answer,
+        took: started.elapsed(),
+        _sock: sock,
+    }
+}
+
 /// Writes `bytes` one at a time, `every` apart, until all are sent or `until` passes; returns
 /// whether the peer answered (or closed) before the last byte was sent.
-async fn trickle(sock: &mut TcpStream, bytes: &[u8], every: Duration, until: Duration) -> bool {
+async fn trickle_bytes(
+    sock: &mut TcpStream,
+    bytes: &[u8],
+    every: Duration,
+    until: Duration,
+) -> bool {
     let deadline = Instant::now() + until;
     for (i, byte) in bytes.iter().enumerate() {
         if Instant::now() >= deadline {
@@ -797,22 +835,12 @@ async fn a_client_trickling_a_manifest_is_cut_off_by_the_deadline_and_its_connec
     let before = envoy.stat(active).await.unwrap_or(0);
 
     // A manifest PUT announcing 1,000 bytes and sending one every 300 ms.
-    let mut sock = TcpStream::connect(addr).await.expect("connect");
     let head = format!(
         "PUT /v2/slow/app/manifests/v1 HTTP/1.1\r\nhost: {addr}\r\ncontent-type: {OCI_MANIFEST}\r\n\
          content-length: 1000\r\n\r\n"
     );
-    sock.write_all(head.as_bytes()).await.expect("write head");
-    let started = Instant::now();
-    let cut = trickle(
-        &mut sock,
-        &[b'{'; 1000],
-        Duration::from_millis(300),
-        Duration::from_secs(10),
-    )
-    .await;
-    let answer = parse_answer(&read_to_end(&mut sock, Duration::from_secs(5)).await);
-    let took = started.elapsed();
+    let manifest = trickle(addr, &head, &[b'{'; 1000], Duration::from_secs(5)).await;
+    let (cut, answer, took) = (manifest.cut, &manifest.answer, manifest.took);
     eprintln!(
         "trickled manifest: cut={cut} after {took:?}: {} {}",
         answer.status,
@@ -832,21 +860,17 @@ async fn a_client_trickling_a_manifest_is_cut_off_by_the_deadline_and_its_connec
     );
 
     // Headers that never end: cut after the 1s header deadline.
-    let mut sock = TcpStream::connect(addr).await.expect("connect");
     let head = format!("PUT /v2/slow/app/manifests/v2 HTTP/1.1\r\nhost: {addr}\r\n");
-    sock.write_all(head.as_bytes()).await.expect("write head");
-    let started = Instant::now();
-    let cut = trickle(
-        &mut sock,
+    let headers = trickle(
+        addr,
+        &head,
         b"x-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
-        Duration::from_millis(300),
-        Duration::from_secs(10),
+        Duration::from_secs(5),
     )
     .await;
-    let answer = parse_answer(&read_to_end(&mut sock, Duration::from_secs(5)).await);
+    let (cut, answer, took) = (headers.cut, &headers.answer, headers.took);
     eprintln!(
-        "trickled headers: cut={cut} after {:?}: {}",
-        started.elapsed(),
+        "trickled headers: cut={cut} after {took:?}: {}",
         answer.status
     );
     assert!(cut, "the client trickling its headers was never cut off");
@@ -880,27 +904,14 @@ async fn a_client_trickling_a_manifest_is_cut_off_by_the_deadline_and_its_connec
         .map(str::to_owned)
         .unwrap_or(location);
     let data = b"a slow blob, 16";
-    let mut sock = TcpStream::connect(addr).await.expect("connect");
     let head = format!(
         "PATCH {target} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\
          content-type: application/octet-stream\r\ncontent-length: {}\r\n\r\n",
         data.len()
     );
-    sock.write_all(head.as_bytes()).await.expect("write head");
-    let started = Instant::now();
-    let cut = trickle(
-        &mut sock,
-        data,
-        Duration::from_millis(300),
-        Duration::from_secs(10),
-    )
-    .await;
-    let answer = parse_answer(&read_to_end(&mut sock, Duration::from_secs(10)).await);
-    eprintln!(
-        "trickled blob: cut={cut} after {:?}: {}",
-        started.elapsed(),
-        answer.status
-    );
-    assert!(!cut && started.elapsed() > Duration::from_secs(2));
+    let blob = trickle(addr, &head, data, Duration::from_secs(10)).await;
+    let (cut, answer, took) = (blob.cut, &blob.answer, blob.took);
+    eprintln!("trickled blob: cut={cut} after {took:?}: {}", answer.status);
+    assert!(!cut && took > Duration::from_secs(2));
     assert_eq!(answer.status, 202, "{}", answer.text());
 }
