@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::process::ManagedChild;
+use crate::process::{ManagedChild, loopback_http_accessors};
 use crate::{EnvoyOptions, RegistryClient, envoy_bin, render_envoy_config, repo_root};
 
 /// Envoy usually starts in well under a second; a loaded 2-core CI machine gets some slack.
@@ -127,20 +127,7 @@ impl Envoy {
         envoy
     }
 
-    /// The listener, `127.0.0.1:<port>`.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// `http://127.0.0.1:<port>`: where clients push.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// `127.0.0.1:<port>`, as skopeo references want it.
-    pub fn host(&self) -> String {
-        self.addr.to_string()
-    }
+    loopback_http_accessors!();
 
     /// `http://127.0.0.1:<admin port>`.
     pub fn admin_url(&self) -> String {

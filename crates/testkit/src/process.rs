@@ -303,3 +303,25 @@ pub(crate) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// `addr`, `url` and `host` of a process listening for HTTP on loopback, from its `addr` field,
+/// written once for the registry and Envoy alike.
+macro_rules! loopback_http_accessors {
+    () => {
+        /// The listener, `127.0.0.1:<port>`.
+        pub fn addr(&self) -> std::net::SocketAddr {
+            self.addr
+        }
+
+        /// `http://127.0.0.1:<port>` (no trailing slash): where clients push.
+        pub fn url(&self) -> String {
+            format!("http://{}", self.addr)
+        }
+
+        /// `127.0.0.1:<port>`, as skopeo references want it (`<host:port>/<name>:<tag>`).
+        pub fn host(&self) -> String {
+            self.addr.to_string()
+        }
+    };
+}
+pub(crate) use loopback_http_accessors;

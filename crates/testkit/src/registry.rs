@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::process::ManagedChild;
+use crate::process::{ManagedChild, loopback_http_accessors};
 use crate::{RegistryClient, htpasswd_bin, registry_bin};
 
 /// How long a registry may take to listen and answer `GET /v2/`.
@@ -182,20 +182,7 @@ impl Registry {
         registry
     }
 
-    /// `127.0.0.1:<port>`.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// `http://127.0.0.1:<port>` (no trailing slash).
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// `127.0.0.1:<port>`, as skopeo references want it (`<host:port>/<name>:<tag>`).
-    pub fn host(&self) -> String {
-        self.addr.to_string()
-    }
+    loopback_http_accessors!();
 
     /// The htpasswd user and password, if any.
     pub fn credentials(&self) -> Option<(&str, &str)> {
