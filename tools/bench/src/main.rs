@@ -195,6 +195,22 @@ struct Ctx {
     extra: serde_json::Map<String, Value>,
 }
 
+impl Ctx {
+    /// Stops every process (each is killed by PID on drop): the Envoys first, then the servers
+    /// behind them, then the registry.
+    fn stop(self) {
+        drop((
+            self.envoy_sidecar,
+            self.envoy_alone,
+            self.envoy_noop,
+            self.envoy_redis,
+            self.envoy_authz,
+        ));
+        drop((self.gateway, self.gateway_redis, self.noop, self.redis));
+        drop(self.registry);
+    }
+}
+
 fn run(args: &Args) -> Result<bool, String> {
     let began = Instant::now();
     let profile = if args.quick {
@@ -457,31 +473,10 @@ fn run(args: &Args) -> Result<bool, String> {
 
     // Stop everything before writing results (children are killed by PID on drop).
     let svg_doc = plot(&ctx, machine["loadavg_start"].as_str().unwrap_or("?"));
-    let Ctx {
-        registry,
-        gateway,
-        noop,
-        redis,
-        gateway_redis,
-        envoy_sidecar,
-        envoy_alone,
-        envoy_noop,
-        envoy_redis,
-        envoy_authz,
-        extra,
-        ..
-    } = ctx;
+    let extra = std::mem::take(&mut ctx.extra);
     let logs_dir = run_dir.clone();
-    drop((
-        envoy_sidecar,
-        envoy_alone,
-        envoy_noop,
-        envoy_redis,
-        envoy_authz,
-    ));
-    drop((gateway, gateway_redis, noop, redis));
-    let storage_dir = registry.storage.clone();
-    drop(registry);
+    let storage_dir = ctx.registry.storage.clone();
+    ctx.stop();
     let _ = std::fs::remove_dir_all(&storage_dir);
 
     let mut machine = machine;

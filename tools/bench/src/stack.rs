@@ -172,19 +172,7 @@ impl Gateway {
     /// The sum of every sample of a metric family member, e.g.
     /// `registry_gateway_registry_tag_list_requests_total` (all label sets).
     pub(crate) fn metric(&self, name: &str) -> Result<f64, String> {
-        let reply = Conn::new(self.admin)
-            .get("/metrics")
-            .map_err(|e| format!("GET /metrics: {e}"))?;
-        let text = reply.text();
-        Ok(text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| {
-                let (key, value) = l.rsplit_once(' ')?;
-                let metric = key.split('{').next()?;
-                (metric == name).then(|| value.parse::<f64>().ok())?
-            })
-            .sum())
+        Ok(self.samples(name)?.values().sum())
     }
 
     /// Every sample of a metric family member by its label set as exposed (`op="decide",
