@@ -243,6 +243,11 @@ pub(crate) fn p3(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
     }
     let (p50, p99) = (sidecar.q(0.5), sidecar.q(0.99));
     let (redis_p50, redis_p99) = (redis.q(0.5), redis.q(0.99));
+    let latency = |q: &str, value: f64| {
+        let what = format!("sidecar stream latency {q} at that load ({conc} in flight)");
+        Figure::info(&format!("P3 {q}"), what, value, "ms", "P3")
+    };
+    let (noop_cpu, redis_server_cpu) = (median(&cpu_us[NOOP]), median(&redis_cpu_us));
     ctx.plots.p3 = vec![
         (format!("sidecar ({sidecar_rate:.0}/s)"), RED, sidecar),
         (format!("sidecar, redis ({redis_rate:.0}/s)"), ORANGE, redis),
@@ -260,33 +265,15 @@ pub(crate) fn p3(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
             target: Some((Cmp::AtLeast, 0.8)),
             raw,
         },
-        Figure {
-            id: "P3 cpu".into(),
-            what: format!(
-                "sidecar CPU per decision (do-nothing server: {:.0} us)",
-                median(&cpu_us[NOOP])
-            ),
-            value: median(&cpu_us[SIDECAR]),
-            unit: "us",
-            target: None,
-            raw: json!({"see": "P3"}),
-        },
-        Figure {
-            id: "P3 p50".into(),
-            what: format!("sidecar stream latency p50 at that load ({conc} in flight)"),
-            value: p50,
-            unit: "ms",
-            target: None,
-            raw: json!({"see": "P3"}),
-        },
-        Figure {
-            id: "P3 p99".into(),
-            what: format!("sidecar stream latency p99 at that load ({conc} in flight)"),
-            value: p99,
-            unit: "ms",
-            target: None,
-            raw: json!({"see": "P3"}),
-        },
+        Figure::info(
+            "P3 cpu",
+            format!("sidecar CPU per decision (do-nothing server: {noop_cpu:.0} us)"),
+            median(&cpu_us[SIDECAR]),
+            "us",
+            "P3",
+        ),
+        latency("p50", p50),
+        latency("p99", p99),
         Figure {
             id: "P3 redis".into(),
             what: format!(
@@ -297,24 +284,21 @@ pub(crate) fn p3(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
             target: Some((Cmp::AtLeast, 0.6)),
             raw: json!({"see": "P3", "also": "redis_mode"}),
         },
-        Figure {
-            id: "P3 redis cpu".into(),
-            what: format!(
-                "Redis-mode sidecar CPU per decision (redis-server: {:.0} us more)",
-                median(&redis_cpu_us)
+        Figure::info(
+            "P3 redis cpu",
+            format!(
+                "Redis-mode sidecar CPU per decision (redis-server: {redis_server_cpu:.0} us more)"
             ),
-            value: median(&cpu_us[REDIS]),
-            unit: "us",
-            target: None,
-            raw: json!({"see": "P3"}),
-        },
-        Figure {
-            id: "P3 redis p50".into(),
-            what: format!("Redis-mode stream latency p50 at that load (p99 {redis_p99:.3} ms)"),
-            value: redis_p50,
-            unit: "ms",
-            target: None,
-            raw: json!({"see": "P3"}),
-        },
+            median(&cpu_us[REDIS]),
+            "us",
+            "P3",
+        ),
+        Figure::info(
+            "P3 redis p50",
+            format!("Redis-mode stream latency p50 at that load (p99 {redis_p99:.3} ms)"),
+            redis_p50,
+            "ms",
+            "P3",
+        ),
     ])
 }

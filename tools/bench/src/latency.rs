@@ -35,19 +35,17 @@ fn store_counts(ctx: &Ctx) -> Result<StoreCounts, String> {
         .gateway_redis
         .samples("registry_gateway_state_store_calls_total")?
     {
-        let op = labels
-            .split(',')
-            .find_map(|l| l.strip_prefix("op="))
-            .unwrap_or("?")
-            .trim_matches('"')
-            .to_owned();
-        let result = labels
-            .split(',')
-            .find_map(|l| l.strip_prefix("result="))
-            .unwrap_or("?")
-            .trim_matches('"')
-            .to_owned();
-        *calls.entry(format!("{op}/{result}")).or_insert(0.0) += value;
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+                .unwrap_or("?")
+                .trim_matches('"')
+                .to_owned()
+        };
+        *calls
+            .entry(format!("{}/{}", label("op"), label("result")))
+            .or_insert(0.0) += value;
     }
     Ok(StoreCounts {
         calls,
@@ -339,33 +337,23 @@ pub(crate) fn p2(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
         }),
     );
 
-    let what =
-        |q: &str| format!("manifest PUT: added latency {q}, envoy+sidecar - envoy ({n}/mode)");
+    let added = |q: &str, at: f64, target: Option<(Cmp, f64)>, raw: Value| Figure {
+        id: format!("P2 {q}"),
+        what: format!("manifest PUT: added latency {q}, envoy+sidecar - envoy ({n}/mode)"),
+        value: sidecar.q(at) - alone.q(at),
+        unit: "ms",
+        target,
+        raw,
+    };
     let mut figures = vec![
-        Figure {
-            id: "P2 p50".into(),
-            what: what("p50"),
-            value: sidecar.q(0.5) - alone.q(0.5),
-            unit: "ms",
-            target: Some((Cmp::AtMost, 0.5)),
-            raw,
-        },
-        Figure {
-            id: "P2 p99".into(),
-            what: what("p99"),
-            value: sidecar.q(0.99) - alone.q(0.99),
-            unit: "ms",
-            target: Some((Cmp::AtMost, 2.0)),
-            raw: json!({"see": "P2 p50"}),
-        },
-        Figure {
-            id: "P2 p99.9".into(),
-            what: what("p99.9"),
-            value: sidecar.q(0.999) - alone.q(0.999),
-            unit: "ms",
-            target: None,
-            raw: json!({"see": "P2 p50"}),
-        },
+        added("p50", 0.5, Some((Cmp::AtMost, 0.5)), raw),
+        added(
+            "p99",
+            0.99,
+            Some((Cmp::AtMost, 2.0)),
+            json!({"see": "P2 p50"}),
+        ),
+        added("p99.9", 0.999, None, json!({"see": "P2 p50"})),
         Figure {
             id: "P2 redis p50".into(),
             what: "Redis mode over memory mode, added p50: envoy+sidecar(redis) - envoy+sidecar"
@@ -375,24 +363,22 @@ pub(crate) fn p2(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
             target: Some((Cmp::AtMost, 0.3)),
             raw: json!({"see": "redis_mode", "also": "P2 p50"}),
         },
-        Figure {
-            id: "P2 redis p99".into(),
-            what: "Redis mode over memory mode, added p99".into(),
-            value: redis.q(0.99) - sidecar.q(0.99),
-            unit: "ms",
-            target: None,
-            raw: json!({"see": "redis_mode"}),
-        },
-        Figure {
-            id: "redis cmds".into(),
-            what: format!(
+        Figure::info(
+            "P2 redis p99",
+            "Redis mode over memory mode, added p99",
+            redis.q(0.99) - sidecar.q(0.99),
+            "ms",
+            "redis_mode",
+        ),
+        Figure::info(
+            "redis cmds",
+            format!(
                 "Redis round trips (EVALSHA, server-counted) per push, warm cache: {decide_calls:.0} decide + {settle_calls:.0} settle / {redis_decisions:.0}"
             ),
-            value: scripts_per_decision,
-            unit: "count",
-            target: None,
-            raw: json!({"see": "redis_mode"}),
-        },
+            scripts_per_decision,
+            "count",
+            "redis_mode",
+        ),
         Figure {
             id: "redis rtt".into(),
             what:
@@ -403,22 +389,20 @@ pub(crate) fn p2(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
             target: Some((Cmp::AtMost, 1.0)),
             raw: json!({"see": "redis_mode"}),
         },
-        Figure {
-            id: "P2 authz p50".into(),
-            what: "ext_authz mode: added latency p50, envoy(ext-authz.yaml)+sidecar - envoy".into(),
-            value: authz.q(0.5) - alone.q(0.5),
-            unit: "ms",
-            target: None,
-            raw: json!({"see": "ext_authz"}),
-        },
-        Figure {
-            id: "P2 authz p99".into(),
-            what: "ext_authz mode: added latency p99".into(),
-            value: authz.q(0.99) - alone.q(0.99),
-            unit: "ms",
-            target: None,
-            raw: json!({"see": "ext_authz"}),
-        },
+        Figure::info(
+            "P2 authz p50",
+            "ext_authz mode: added latency p50, envoy(ext-authz.yaml)+sidecar - envoy",
+            authz.q(0.5) - alone.q(0.5),
+            "ms",
+            "ext_authz",
+        ),
+        Figure::info(
+            "P2 authz p99",
+            "ext_authz mode: added latency p99",
+            authz.q(0.99) - alone.q(0.99),
+            "ms",
+            "ext_authz",
+        ),
     ];
     if errors > 0 {
         for f in &mut figures {

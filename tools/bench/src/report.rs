@@ -22,6 +22,24 @@ pub(crate) struct Figure {
 }
 
 impl Figure {
+    /// A figure without a target whose raw data is the figure (or section) `see` names.
+    pub(crate) fn info(
+        id: &str,
+        what: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+        see: &str,
+    ) -> Figure {
+        Figure {
+            id: id.to_owned(),
+            what: what.into(),
+            value,
+            unit,
+            target: None,
+            raw: json!({ "see": see }),
+        }
+    }
+
     pub(crate) fn pass(&self) -> Option<bool> {
         let (cmp, t) = self.target?;
         if !self.value.is_finite() {
