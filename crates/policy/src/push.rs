@@ -193,69 +193,64 @@ fn percent_decode(text: &str, plus_is_space: bool) -> Option<String> {
 mod tests {
     use super::*;
 
+    /// The manifest write a `PUT` of `path` is.
+    fn put(path: &str) -> ManifestWrite {
+        ManifestWrite::from_request("PUT", path).unwrap_or_else(|| panic!("PUT {path}: a write"))
+    }
+
     #[test]
     fn recognises_manifest_writes_from_the_right() {
-        type Row<'a> = (&'a str, &'a str, Option<(WriteKind, &'a str, &'a str)>);
-        let table: &[Row<'_>] = &[
+        use WriteKind::{Delete, Put};
+        for (method, path, kind, repository, reference) in [
             (
                 "PUT",
                 "/v2/library/nginx/manifests/latest",
-                Some((WriteKind::Put, "library/nginx", "latest")),
+                Put,
+                "library/nginx",
+                "latest",
             ),
             (
                 "PUT",
                 "/v2/a/manifests/manifests/manifests/v1",
-                Some((WriteKind::Put, "a/manifests/manifests", "v1")),
+                Put,
+                "a/manifests/manifests",
+                "v1",
             ),
-            (
-                "PUT",
-                "/v2/x/manifests/sha256:abc",
-                Some((WriteKind::Put, "x", "sha256:abc")),
-            ),
-            (
-                "DELETE",
-                "/v2/p/q/manifests/v1",
-                Some((WriteKind::Delete, "p/q", "v1")),
-            ),
-            (
-                "PUT",
-                "/v2/p/manifests/v1?ns=docker.io",
-                Some((WriteKind::Put, "p", "v1")),
-            ),
-            ("put", "/v2/p/manifests/v1", None),
-            ("GET", "/v2/p/manifests/v1", None),
-            ("PUT", "/v2/p/blobs/uploads/abc", None),
-            ("PUT", "/v2/p/Manifests/v1", None),
-            ("PUT", "/v2/manifests/v1", None),
-            ("PUT", "/v2/p/manifests/", None),
-            ("PUT", "/v3/p/manifests/v1", None),
-        ];
-        for (method, path, want) in table {
+            ("PUT", "/v2/x/manifests/sha256:abc", Put, "x", "sha256:abc"),
+            ("DELETE", "/v2/p/q/manifests/v1", Delete, "p/q", "v1"),
+            ("PUT", "/v2/p/manifests/v1?ns=docker.io", Put, "p", "v1"),
+        ] {
+            let w = ManifestWrite::from_request(method, path)
+                .unwrap_or_else(|| panic!("{method} {path}: a manifest write"));
+            let got = (w.kind, w.repository.as_str(), w.reference.as_str());
+            assert_eq!(got, (kind, repository, reference), "{method} {path}");
+        }
+        for (method, path) in [
+            ("put", "/v2/p/manifests/v1"),
+            ("GET", "/v2/p/manifests/v1"),
+            ("PUT", "/v2/p/blobs/uploads/abc"),
+            ("PUT", "/v2/p/Manifests/v1"),
+            ("PUT", "/v2/manifests/v1"),
+            ("PUT", "/v2/p/manifests/"),
+            ("PUT", "/v3/p/manifests/v1"),
+        ] {
             let got = ManifestWrite::from_request(method, path);
-            let got = got
-                .as_ref()
-                .map(|w| (w.kind, w.repository.as_str(), w.reference.as_str()));
-            assert_eq!(got, *want, "{method} {path}");
+            assert!(got.is_none(), "{method} {path}: not a manifest write");
         }
     }
 
     #[test]
     fn every_query_tag_is_a_tag_being_created() {
-        let w = ManifestWrite::from_request(
-            "PUT",
-            "/v2/p/manifests/sha256:ab?tag=a&ns=x&tag=b&tag=a&tag=%76%31",
-        )
-        .expect("manifest write");
+        let w = put("/v2/p/manifests/sha256:ab?tag=a&ns=x&tag=b&tag=a&tag=%76%31");
         assert_eq!(w.query_tags, ["a", "b", "a", "v1"]);
         assert_eq!(w.tags(), ["a", "b", "v1"]);
-        let w =
-            ManifestWrite::from_request("PUT", "/v2/p/manifests/v1?tag=v1&tag=v2").expect("write");
+        let w = put("/v2/p/manifests/v1?tag=v1&tag=v2");
         assert_eq!(w.tags(), ["v1", "v2"]);
     }
 
     #[test]
     fn digest_references_create_no_tag() {
-        let w = ManifestWrite::from_request("PUT", "/v2/p/manifests/sha256:00").expect("write");
+        let w = put("/v2/p/manifests/sha256:00");
         assert!(w.tags().is_empty());
         assert_eq!(w.reference.tag(), None);
     }
@@ -302,48 +297,31 @@ mod tests {
 
     #[test]
     fn paths_are_read_decoded_as_the_registry_reads_them() {
-        let table: &[(&str, Option<(&str, Reference)>)] = &[
-            (
-                "/v2/r/manifests/sha256%3Aabc",
-                Some(("r", Reference::Digest("sha256:abc".into()))),
-            ),
-            (
-                "/v2/r/manifests/sha256%3aabc",
-                Some(("r", Reference::Digest("sha256:abc".into()))),
-            ),
-            (
-                "/v2/r/%6Danifests/v1",
-                Some(("r", Reference::Tag("v1".into()))),
-            ),
-            (
-                "/v2/a%2Fb/manifests/v1",
-                Some(("a/b", Reference::Tag("v1".into()))),
-            ),
-            (
-                "/v2/r/manifests%2Fv1",
-                Some(("r", Reference::Tag("v1".into()))),
-            ),
-            (
-                "/v2/r/manifests/v%31",
-                Some(("r", Reference::Tag("v1".into()))),
-            ),
+        fn tag(repository: &str, tag: &str) -> Option<(String, Reference)> {
+            Some((repository.to_owned(), Reference::Tag(tag.into())))
+        }
+        fn digest(repository: &str, digest: &str) -> Option<(String, Reference)> {
+            Some((repository.to_owned(), Reference::Digest(digest.into())))
+        }
+        for (path, want) in [
+            ("/v2/r/manifests/sha256%3Aabc", digest("r", "sha256:abc")),
+            ("/v2/r/manifests/sha256%3aabc", digest("r", "sha256:abc")),
+            ("/v2/r/%6Danifests/v1", tag("r", "v1")),
+            ("/v2/a%2Fb/manifests/v1", tag("a/b", "v1")),
+            ("/v2/r/manifests%2Fv1", tag("r", "v1")),
+            ("/v2/r/manifests/v%31", tag("r", "v1")),
             ("/v2/r/manifests/v1%", None),
             ("/v2/r/manifests/v1%g0", None),
-        ];
-        for (path, want) in table {
+        ] {
             let got = ManifestWrite::from_request("PUT", path).map(|w| (w.repository, w.reference));
-            let want = want.as_ref().map(|(r, f)| ((*r).to_owned(), f.clone()));
             assert_eq!(got, want, "{path}");
         }
     }
 
     #[test]
     fn query_keys_and_values_are_decoded_as_go_reads_them() {
-        let w = ManifestWrite::from_request(
-            "PUT",
-            "/v2/p/manifests/sha256:ab?%74ag=a&t%61g=%62&tag=c+d&tag=e%zz&tag=f;x&TAG=g&tag",
-        )
-        .expect("write");
+        let w =
+            put("/v2/p/manifests/sha256:ab?%74ag=a&t%61g=%62&tag=c+d&tag=e%zz&tag=f;x&TAG=g&tag");
         assert_eq!(w.query_tags, ["a", "b", "c d", ""]);
     }
 }
