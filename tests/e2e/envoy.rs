@@ -341,16 +341,16 @@ async fn no_spelling_of_a_manifest_path_slips_past_the_manifest_route() {
         .filter(|r| r.method == "PUT" && r.status == 201 && !r.target.contains("/blobs/"))
         .map(|r| r.target)
         .collect();
-    for disguised in [
+    let disguised = [
         "/v2/direct/%6Danifests/t",
         "/v2/direct/manifests%2Ft",
         "/v2/%64irect/manifests/t",
-    ] {
-        assert!(
-            direct_puts.iter().any(|t| t == disguised),
-            "the registry stores {disguised} as a manifest: {direct_puts:?}"
-        );
-    }
+    ];
+    support::assert_includes(
+        &direct_puts,
+        &disguised,
+        "the manifests the registry stored",
+    );
 }
 
 /// `manifest` (an OCI image manifest) with an annotation padding it to exactly `total` bytes.

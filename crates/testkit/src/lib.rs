@@ -21,6 +21,7 @@
 //! | [`ManagedChild`] | a child process with logs in files, killed by PID on drop, optionally listed in a PID file |
 //! | [`SEED_LIMITS`] | what `explain` answers for the seed configuration, one row per rule and one global |
 //! | [`eventually`] | bounded polling instead of sleeps |
+//! | [`assert_includes`] | every expected name present, the missing ones named together |
 //!
 //! External binaries are found through `ENVOY_BIN`, `REGISTRY_BIN`, `SKOPEO_BIN`, `HTPASSWD_BIN`
 //! (exported by `scripts/env.sh`), else in their default places (the project's `.venv`,
@@ -265,4 +266,18 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Panics unless every one of `wants` is in `have`, naming all the missing ones at once along
+/// with `what` `have` is and what it holds.
+pub fn assert_includes(have: &[String], wants: &[&str], what: &str) {
+    let missing: Vec<&str> = wants
+        .iter()
+        .copied()
+        .filter(|want| !have.iter().any(|h| h == want))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{missing:?} missing from {what}: {have:?}"
+    );
 }
