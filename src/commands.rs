@@ -113,23 +113,19 @@ fn excluded(limits: &Limits) -> Option<String> {
     (!filter.is_empty()).then(|| filter.patterns().join(", "))
 }
 
+/// The limits on one line, `key value` pairs joined by commas.
 fn limits_text(limits: &Limits) -> String {
-    let mut text = format!(
-        "max_image_size {}, tag_count_limit {}",
-        size(limits),
-        limits.tag_count_limit
-    );
-    if let Some(excluded) = excluded(limits) {
-        text.push_str(&format!(", exclude_tags [{excluded}]"));
-    }
+    let mut parts = vec![
+        format!("max_image_size {}", size(limits)),
+        format!("tag_count_limit {}", limits.tag_count_limit),
+    ];
+    parts.extend(excluded(limits).map(|excluded| format!("exclude_tags [{excluded}]")));
     // Shown only when set, so that a configuration without them reads as it always did.
     if !limits.enforcement.refuses() {
-        text.push_str(&format!(", enforcement {}", limits.enforcement));
+        parts.push(format!("enforcement {}", limits.enforcement));
     }
-    if let Some(share) = limits.warn_at {
-        text.push_str(&format!(", warn_at {share}"));
-    }
-    text
+    parts.extend(limits.warn_at.map(|share| format!("warn_at {share}")));
+    parts.join(", ")
 }
 
 fn describe(path: &Path, policy: &Policy, hash: &str) -> String {
