@@ -457,17 +457,12 @@ impl<S: TagSource> Checker<S> {
                 .map_err(store)?;
             match decided {
                 Decided::Tally { tally, .. } => {
-                    let counted = tags
-                        .iter()
-                        .filter(|t| !tally.reserved.contains(t))
-                        .cloned()
-                        .collect();
                     let lease = SharedLease {
                         books: shared.clone(),
                         keys,
                         id: lease,
                         filter,
-                        counted,
+                        named: tags,
                     };
                     return Ok((query.conclude(tally), lease));
                 }
@@ -682,7 +677,10 @@ impl<S: TagSource> Checker<S> {
     /// registry had refused the client) is not reported when the registry stores it anyway;
     /// the tag pushes that follow it are.
     pub fn needs_registry_answer(&self, write: &ManifestWrite) -> bool {
-        if write.kind != WriteKind::Put || !write.tags().is_empty() {
+        if write.kind != WriteKind::Put
+            || write.reference.tag().is_some()
+            || !write.query_tags.is_empty()
+        {
             return true;
         }
         let snapshot = self.snapshot();
@@ -757,7 +755,7 @@ impl<S: TagSource> Checker<S> {
                     keys: RepoKeys::new(repository, &filter),
                     id: shared.lease_id(),
                     filter,
-                    counted: Vec::new(),
+                    named: Vec::new(),
                 }))
             }
             None => Backing::Memory(self.book(repository)),

@@ -21,10 +21,10 @@ pub(super) struct SharedLease {
     pub(super) keys: RepoKeys,
     pub(super) id: String,
     pub(super) filter: crate::policy::TagFilter,
-    /// Counted tags the store already held when the push was decided. Their rewrite is guarded
-    /// in the store until the lease would run out (`decide.lua`), so committing them again
-    /// changes nothing.
-    pub(super) counted: Vec<String>,
+    /// The counted tags the push names. With no slot reserved the store held them all when the
+    /// push was decided, and guards their rewrite until the lease would run out (`decide.lua`):
+    /// committing them again changes nothing.
+    pub(super) named: Vec<String>,
 }
 
 impl SharedLease {
@@ -32,7 +32,7 @@ impl SharedLease {
         let tags: Vec<String> = tags.into_iter().filter(|t| self.filter.counts(t)).collect();
         let changes_nothing = reserved.is_empty()
             && match op {
-                Settle::Commit => tags.iter().all(|t| self.counted.contains(t)),
+                Settle::Commit => tags.iter().all(|t| self.named.contains(t)),
                 Settle::Release => true,
                 _ => false,
             };
