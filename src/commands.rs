@@ -241,6 +241,22 @@ fn name_hint(repository: &str) -> Option<&'static str> {
     }
 }
 
+/// An error and every cause under it, `outer: inner: innermost`: errors keep their causes as
+/// sources, and the operator reads the whole chain once.
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let line = c.to_string();
+        if !text.ends_with(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use registry_gateway_testkit::SEED_LIMITS;

@@ -52,26 +52,10 @@ fn serve(args: registry_gateway::cli::ServeArgs) -> ExitCode {
     match runtime.block_on(app::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let text = with_causes(&e);
+            let text = registry_gateway::commands::with_causes(&e);
             tracing::error!("{text}");
             eprintln!("registry-gateway: {text}");
             ExitCode::from(1)
         }
     }
-}
-
-/// An error and every cause under it, `outer: inner: innermost`: errors keep their causes as
-/// sources, and the operator reads the whole chain once.
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(c) = cause {
-        let line = c.to_string();
-        if !text.ends_with(&line) {
-            text.push_str(": ");
-            text.push_str(&line);
-        }
-        cause = c.source();
-    }
-    text
 }

@@ -43,7 +43,11 @@ pub fn run(policy: Policy, args: &AuditArgs, out: &mut dyn Write, err: &mut dyn 
     let registry = match RegistryClient::new(args.registry.registry_config()) {
         Ok(client) => Arc::new(client),
         Err(e) => {
-            let _ = writeln!(err, "registry-gateway audit: {}", with_causes(&e));
+            let _ = writeln!(
+                err,
+                "registry-gateway audit: {}",
+                crate::commands::with_causes(&e)
+            );
             return EXIT_INCOMPLETE;
         }
     };
@@ -77,7 +81,7 @@ pub fn run(policy: Policy, args: &AuditArgs, out: &mut dyn Write, err: &mut dyn 
 
 /// Errors outrank violations: an incomplete audit cannot say that what it did not read is fine.
 fn exit_code(report: &Report, err: &mut dyn Write) -> u8 {
-    if !report.errors.is_empty() || !report.catalog_complete {
+    if !report.is_complete() {
         let _ = writeln!(
             err,
             "registry-gateway audit: incomplete: {} errors (listed in the output); {} violations found in what was read",
@@ -90,15 +94,4 @@ fn exit_code(report: &Report, err: &mut dyn Write) -> u8 {
     } else {
         EXIT_VIOLATIONS
     }
-}
-
-fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }

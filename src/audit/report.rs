@@ -80,6 +80,11 @@ pub struct Report {
 }
 
 impl Report {
+    /// Everything was read: the whole catalog, and no repository or tag failed.
+    pub fn is_complete(&self) -> bool {
+        self.catalog_complete && self.errors.is_empty()
+    }
+
     /// Puts every list in its documented order: repository, kind, tag (then digest).
     pub fn sort(&mut self) {
         for list in [&mut self.violations, &mut self.warnings] {
@@ -101,7 +106,7 @@ impl Report {
         let value = json!({
             "repositories_scanned": self.repositories_scanned,
             "tags_scanned": self.tags_scanned,
-            "complete": self.catalog_complete && self.errors.is_empty(),
+            "complete": self.is_complete(),
             "violations": findings(&self.violations),
             "warnings": findings(&self.warnings),
             "errors": errors,
@@ -137,7 +142,7 @@ impl Report {
             };
             text.push_str(&format!("error: {place}: {}\n", p.cause));
         }
-        if !self.errors.is_empty() || !self.catalog_complete {
+        if !self.is_complete() {
             text.push_str("the audit is incomplete: what could not be read was not checked\n");
         }
         text
@@ -151,7 +156,7 @@ fn finding_json(f: &Finding) -> Value {
         "kind": f.kind.as_str(),
         "measured": f.measured,
         "limit": f.limit,
-        "rule": f.rule.as_ref().map(|r| json!({"index": r.index, "path": r.path})),
+        "rule": f.rule,
         "digest": f.digest,
         "platform": f.platform,
     });
@@ -166,7 +171,7 @@ fn finding_json(f: &Finding) -> Value {
 
 fn quantity(kind: Kind, n: u64) -> String {
     match kind {
-        Kind::ImageSize => format!("{n} bytes ({})", ByteSize::from_bytes(n).human()),
+        Kind::ImageSize => ByteSize::from_bytes(n).exact(),
         Kind::TagCount => format!("{n} tags"),
     }
 }

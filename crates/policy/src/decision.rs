@@ -232,18 +232,14 @@ fn soft_warnings(facts: &Facts, limits: &Limits) -> Vec<String> {
     warnings
 }
 
-fn exact(size: ByteSize) -> String {
-    format!("{} bytes ({})", size.bytes(), size.human())
-}
-
 pub(super) fn image_too_large(facts: &Facts, measured: ByteSize, limit: ByteSize) -> Denial {
     let rule = describe_rule(facts.rule.as_ref());
     let message = format!(
         "push to {image} refused: the image's layers total {measured}, over the limit of {limit} set by {rule} (sizes are 1024-based: 1MB = 1048576 bytes). Make the image smaller (fewer or smaller layers), or ask the registry administrator to raise max_image_size for {repo}.",
         repo = facts.repository,
         image = facts.image(),
-        measured = exact(measured),
-        limit = exact(limit),
+        measured = measured.exact(),
+        limit = limit.exact(),
     );
     Denial {
         reason: DenyReason::ImageTooLarge,

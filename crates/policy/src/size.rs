@@ -49,6 +49,11 @@ impl ByteSize {
         self.0
     }
 
+    /// The exact bytes with the human text beside them, as messages print a measured value.
+    pub fn exact(self) -> String {
+        format!("{} bytes ({})", self.bytes(), self.human())
+    }
+
     /// Human text for a measured value, exact when short and approximate (`about 1.23MB`)
     /// otherwise; callers print the exact bytes beside it.
     pub fn human(self) -> String {
