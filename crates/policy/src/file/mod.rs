@@ -22,8 +22,8 @@ use std::fmt;
 
 use self::shape::{KeyValue, Keys, read_document, set_key, unknown_key_message, with_nested};
 use self::values::{
-    Inherited, exclude_value, key_value, one_line, read_count, read_enforcement, read_share,
-    read_size, rules_value,
+    exclude_value, key_value, one_line, read_count, read_enforcement, read_share, read_size,
+    rules_value,
 };
 use self::yaml::{NO_OFFSET, Node, Value, parse_yaml};
 use super::size::ByteSize;
@@ -191,11 +191,6 @@ fn build(file: &str, keys: Keys<'_>, problems: &mut Vec<Problem>) -> Option<Poli
     let global = Limits {
         max_image_size,
         tag_count_limit,
-        exclude_tags: exclude_tags.clone(),
-        enforcement,
-        warn_at,
-    };
-    let inherited = Inherited {
         exclude_tags,
         enforcement,
         warn_at,
@@ -204,7 +199,7 @@ fn build(file: &str, keys: Keys<'_>, problems: &mut Vec<Problem>) -> Option<Poli
         .rules
         .map(|kv| {
             with_nested(&kv, "rules", problems, |ctx, node| {
-                rules_value(ctx, node, &inherited)
+                rules_value(ctx, node, &global)
             })
         })
         .unwrap_or_default();

@@ -167,14 +167,9 @@ fn read_exclude(ctx: &mut Ctx<'_>, node: &Node, field: &str) -> Option<TagFilter
     TagFilter::new(patterns).ok()
 }
 
-/// What a rule inherits from the top level when its `limit` does not say.
-pub(super) struct Inherited {
-    pub(super) exclude_tags: TagFilter,
-    pub(super) enforcement: Enforcement,
-    pub(super) warn_at: Option<Share>,
-}
-
-pub(super) fn rules_value(ctx: &mut Ctx<'_>, node: &Node, inherited: &Inherited) -> Vec<Rule> {
+/// `global`: the top-level limits, whose `exclude_tags`, `enforcement` and `warn_at` a rule
+/// inherits when its `limit` does not say.
+pub(super) fn rules_value(ctx: &mut Ctx<'_>, node: &Node, global: &Limits) -> Vec<Rule> {
     let items = match &node.value {
         Value::Null => return Vec::new(),
         Value::Seq(items) => items,
@@ -190,14 +185,14 @@ pub(super) fn rules_value(ctx: &mut Ctx<'_>, node: &Node, inherited: &Inherited)
     };
     let mut rules = Vec::new();
     for (index, item) in items.iter().enumerate() {
-        if let Some(rule) = read_rule(ctx, index, item, inherited) {
+        if let Some(rule) = read_rule(ctx, index, item, global) {
             rules.push(rule);
         }
     }
     rules
 }
 
-fn read_rule(ctx: &mut Ctx<'_>, index: usize, node: &Node, inherited: &Inherited) -> Option<Rule> {
+fn read_rule(ctx: &mut Ctx<'_>, index: usize, node: &Node, global: &Limits) -> Option<Rule> {
     let here = format!("rules[{index}]");
     let Value::Map(entries) = &node.value else {
         let kind = node.value.kind();
@@ -350,9 +345,9 @@ fn read_rule(ctx: &mut Ctx<'_>, index: usize, node: &Node, inherited: &Inherited
         limits: Limits {
             max_image_size: max_image_size?,
             tag_count_limit: tag_count_limit?,
-            exclude_tags: exclude.unwrap_or_else(|| inherited.exclude_tags.clone()),
-            enforcement: enforcement.unwrap_or(inherited.enforcement),
-            warn_at: warn_at.or(inherited.warn_at),
+            exclude_tags: exclude.unwrap_or_else(|| global.exclude_tags.clone()),
+            enforcement: enforcement.unwrap_or(global.enforcement),
+            warn_at: warn_at.or(global.warn_at),
         },
     })
 }
