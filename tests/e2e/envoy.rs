@@ -106,14 +106,9 @@ async fn manifest_writes_fail_closed_quickly_when_no_sidecar_listens() {
     let client = envoy.client();
     let dir = tempfile::tempdir().expect("temp dir");
     let layout = oci_image_layout(dir.path(), &[4096, 100], 11);
-    let image = &layout.images[0];
 
     // Blobs go through: only manifest writes need the sidecar.
-    for blob in std::iter::once(&image.config).chain(&image.layers) {
-        client
-            .upload_blob("team/app", &layout.read_blob(&blob.digest))
-            .await;
-    }
+    client.upload_layout_blobs("team/app", &layout).await;
 
     for reference in ["v1", layout.digest.as_str()] {
         let started = Instant::now();
@@ -454,11 +449,7 @@ async fn envoy_sends_exactly_manifest_writes_to_ext_proc_with_the_whole_body() {
 
     // A refusal from the processor reaches the client as sent: status, JSON content type
     // (raw_value) and the OCI error body. The registry never sees the PUT.
-    for blob in std::iter::once(&layout.images[0].config).chain(&layout.images[0].layers) {
-        client
-            .upload_blob("team/denied/app", &layout.read_blob(&blob.digest))
-            .await;
-    }
+    client.upload_layout_blobs("team/denied/app", &layout).await;
     let denied = client
         .put_manifest(
             "team/denied/app",

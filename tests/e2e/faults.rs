@@ -302,9 +302,7 @@ async fn a_thousand_config_writes_in_ten_seconds_leave_the_last_valid_one_in_for
 /// the registry behaves again the next push goes through.
 #[tokio::test]
 async fn a_misbehaving_registry_fails_pushes_closed_within_the_deadline_and_recovers() {
-    use support::{
-        Envoy, EnvoyOptions, Fault, FaultProxy, Gateway, GatewayOptions, Registry, RegistryOptions,
-    };
+    use support::{Envoy, Fault, FaultProxy, Gateway, GatewayOptions, Registry, RegistryOptions};
 
     let registry = Registry::start(RegistryOptions::default()).await;
     let proxy = FaultProxy::start_with(&registry.url(), &[]).await;
@@ -312,11 +310,7 @@ async fn a_misbehaving_registry_fails_pushes_closed_within_the_deadline_and_reco
     let config_path = dir.path().join("config.yaml");
     std::fs::write(&config_path, config(100)).expect("config");
     let gateway = Gateway::start(GatewayOptions::new(&config_path, &proxy.url())).await;
-    let envoy = Envoy::start(EnvoyOptions {
-        registry_addr: registry.addr(),
-        gateway_addr: gateway.grpc_addr(),
-    })
-    .await;
+    let envoy = Envoy::start_between(registry.addr(), gateway.grpc_addr()).await;
     let client = envoy.client();
     let cases = [
         (

@@ -22,7 +22,7 @@ use tokio::sync::Barrier;
 
 use support::{
     Envoy, EnvoyOptions, Layout, OCI_MANIFEST, Stack, envoy_config_path, oci_image_layout,
-    render_envoy_config,
+    substituted_config,
 };
 
 /// Room for every tag the tests push: only Envoy may refuse anything here.
@@ -277,12 +277,7 @@ where
 async fn seed(stack: &Stack, layout: &Layout, repos: &[String]) -> String {
     let client = stack.client();
     for repo in repos {
-        let image = &layout.images[0];
-        for blob in std::iter::once(&image.config).chain(&image.layers) {
-            client
-                .upload_blob(repo, &layout.read_blob(&blob.digest))
-                .await;
-        }
+        client.upload_layout_blobs(repo, layout).await;
     }
     // One tag per repository first, so that the sidecar's tag books are warm: the burst then
     // measures Envoy, not how fast the registry lists tags to a cold sidecar.
@@ -330,8 +325,7 @@ fn edited_config(
     options: &EnvoyOptions,
     edit: impl FnOnce(&mut Value),
 ) -> std::path::PathBuf {
-    let mut config =
-        render_envoy_config(&envoy_config_path(), options).unwrap_or_else(|e| panic!("{e}"));
+    let mut config = substituted_config(&envoy_config_path(), options);
     edit(&mut config);
     let path = dir.join("envoy.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&config).expect("JSON")).expect("write config");
@@ -789,14 +783,13 @@ async fn trickle_bytes(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_trickling_a_manifest_is_cut_off_by_the_deadline_and_its_connection_closed() {
     // The shipped file bounds manifest writes and header reception; a blob upload has no deadline.
-    let shipped = render_envoy_config(
+    let shipped = substituted_config(
         &envoy_config_path(),
         &EnvoyOptions {
             registry_addr: "127.0.0.1:5000".parse().expect("address"),
             gateway_addr: "127.0.0.1:50051".parse().expect("address"),
         },
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    );
     let mut probe = shipped.clone();
     for route in ["manifest-write", "harbor-api-write"] {
         let deadline =

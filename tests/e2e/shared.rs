@@ -354,27 +354,22 @@ async fn a_warm_decision_is_one_store_round_trip() {
     let repo = "shared/warm";
     let manifest = image(&client, repo).await;
     assert_stored(&client, repo, "cold", &manifest("c")).await;
-    let calls = |text: &str, op: &str| -> u64 {
-        text.lines()
-            .filter(|l| {
-                l.starts_with("registry_gateway_state_store_calls_total{")
-                    && l.contains(&format!("op=\"{op}\""))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
+    let calls = |scrape: &Scrape, op: &str| {
+        scrape.get("registry_gateway_state_store_calls_total", &[("op", op)])
     };
     let admin = pods.pairs[0].0.admin();
-    let before = Scrape::take(&admin).await.0;
+    let before = Scrape::take(&admin).await;
     for tag in ["w1", "w2", "w3", "cold"] {
         assert_stored(&client, repo, tag, &manifest(tag)).await;
     }
     // Settlements are sent without waiting; let them land.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = Scrape::take(&admin).await.0;
+    let after = Scrape::take(&admin).await;
     assert_eq!(
         calls(&after, "decide") - calls(&before, "decide"),
         4,
-        "{after}"
+        "{}",
+        after.0
     );
     assert_eq!(
         calls(&after, "begin") - calls(&before, "begin"),

@@ -21,7 +21,6 @@
 //! Loopback only, bounded by `--names` and `--max-seconds`.
 #![allow(clippy::print_stdout)]
 
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -142,7 +141,11 @@ async fn run(args: Args) -> Result<Report, String> {
     if args.connections == 0 || args.connections > args.concurrency {
         return Err("--connections must be 1..=--concurrency".to_owned());
     }
-    let dir = ScratchDir::new()?;
+    // The configuration and the image layout, removed at the end.
+    let dir = tempfile::Builder::new()
+        .prefix("rg-flood-")
+        .tempdir()
+        .map_err(|e| format!("temp dir: {e}"))?;
     let config = dir.path().join("config.yaml");
     std::fs::write(&config, config_yaml(args.honest_limit)).map_err(|e| e.to_string())?;
     let registry = Registry::start(RegistryOptions::open()).await;
@@ -286,27 +289,6 @@ fn pick_metrics(text: &str) -> serde_json::Value {
         .filter(|l| !l.starts_with('#') && wanted.iter().any(|w| l.starts_with(w)))
         .collect();
     serde_json::json!(lines)
-}
-
-/// A directory for the configuration and the image layout, removed at the end.
-struct ScratchDir(PathBuf);
-
-impl ScratchDir {
-    fn new() -> Result<ScratchDir, String> {
-        let path = std::env::temp_dir().join(format!("rg-flood-{}", std::process::id()));
-        std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(ScratchDir(path))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -617,13 +599,8 @@ impl Honest {
         let repos: Vec<String> = (0..args.honest_repos)
             .map(|r| format!("honest/r{r}"))
             .collect();
-        let image = &layout.images[0];
         for repo in &repos {
-            for blob in std::iter::once(&image.config).chain(&image.layers) {
-                client
-                    .upload_blob(repo, &layout.read_blob(&blob.digest))
-                    .await;
-            }
+            client.upload_layout_blobs(repo, layout).await;
         }
         Honest {
             outcomes: vec![Vec::new(); repos.len()],
