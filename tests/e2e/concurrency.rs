@@ -1022,6 +1022,19 @@ async fn a_delete_through_envoy_frees_a_slot_at_once() {
         registry_tags(&stack, repo).await,
         ["t0", "t1", "t3", "t4", "t5"]
     );
+    // Each delete leaves its decision line at info, with the registry's answer.
+    let log = stack.gateway.log();
+    for (reference, status) in [("t4", 400), (digests[2].as_str(), 202)] {
+        let wanted = format!("reference={reference} status={status}");
+        assert!(
+            log.lines().any(|l| l.contains(" INFO ")
+                && l.contains("decision")
+                && l.contains(&format!("repository={repo}"))
+                && l.contains(&wanted)
+                && l.contains("reason=\"delete\"")),
+            "a decision line for the delete of {reference}:\n{log}"
+        );
+    }
 
     // Exact again: the next new tag is refused.
     let over = client

@@ -620,6 +620,16 @@ async fn schema_1_and_malformed_manifests_are_refused_as_invalid_and_never_store
             &["project-1/old", "schema 1", "schema 2"],
             "schema 1 hint",
         );
+        // The decision line names the type it refused.
+        let log = stack.gateway.log();
+        let wanted = format!("reference={tag} ");
+        assert!(
+            log.lines().any(|l| l.contains("decision")
+                && l.contains(&wanted)
+                && l.contains(&format!("media_type=\"{content_type}\""))
+                && l.contains("outcome=\"deny\"")),
+            "the refusal of {file} names its media type:\n{log}"
+        );
     }
 
     let config = descriptor_of(OCI_CONFIG, &config_blob(6));
