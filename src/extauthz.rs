@@ -88,6 +88,7 @@ impl<S: TagSource> Authorization for ExtAuthzService<S> {
                 content_type,
                 body,
                 authorization,
+                None,
             )
             .await;
         match respond::render(&checked.outcome) {

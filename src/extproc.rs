@@ -29,7 +29,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::check::{Checker, TagSource, Ticket, Transport};
+use crate::check::{Checker, Early, TagSource, Ticket, Transport};
 use crate::metrics::Metrics;
 use crate::policy::{MAX_MANIFEST_BYTES, ManifestWrite, WriteKind};
 use crate::respond::{self, Rendered};
@@ -70,6 +70,7 @@ impl<S: TagSource> ExternalProcessor for ExtProcService<S> {
             content_type: None,
             authorization: None,
             body: Vec::new(),
+            early: None,
             ticket: None,
             warnings: Vec::new(),
             deferred: false,
@@ -92,6 +93,8 @@ struct StreamState<S> {
     /// The client's own credentials, to ask the registry whether it accepts them.
     authorization: Option<String>,
     body: Vec<u8>,
+    /// The store's decision, started on the request line while Envoy gathers the body.
+    early: Option<Early>,
     /// Held from an allowed `PUT` until the registry answers; dropping it releases the slots.
     ticket: Option<Ticket>,
     /// `Warning` header values for the registry's answer to an allowed push.
@@ -194,6 +197,11 @@ impl<S: TagSource> StreamState<S> {
                         None => (continue_message(Message::RequestHeaders), false),
                     });
                 }
+                if let Some(write) = &self.write {
+                    self.early = self
+                        .checker
+                        .decide_early(write, self.authorization.as_deref());
+                }
                 let mut reply = continue_message(Message::RequestHeaders);
                 if let Some(write) = &self.write
                     && !self.checker.needs_registry_answer(write)
@@ -287,6 +295,7 @@ impl<S: TagSource> StreamState<S> {
                 self.content_type.as_deref(),
                 &body,
                 self.authorization.as_deref(),
+                self.early.take(),
             )
             .await;
         let refusal = respond::render(&checked.outcome);

@@ -99,6 +99,12 @@ metrics! {
     /// Calls to the shared state store (Redis/Valkey), by script and result; one decide per
     /// decision with a warm cache
     state_calls: Family<StateLabels, Counter>, "state_store_calls";
+    /// Decisions the shared store started on a push's request line, by result: `used` (they
+    /// stood for the manifest), `later` (the store found a tag to create, so the manifest was
+    /// decided when it came), `cold`, `failed`, `not_accepted` (the client), `late`,
+    /// `reloaded` (the policy changed first) or `unused` (the manifest was refused first, or
+    /// never came)
+    early_decisions: Family<ResultLabels, Counter>, "early_decisions";
     /// Repositories whose tag books this process keeps (memory mode; capped)
     books: Gauge, "tag_books";
     /// Tag books forgotten to stay under the cap; an evicted repository is read again

@@ -83,6 +83,7 @@ pub trait TagSource: Send + Sync + 'static {
 
 mod books;
 mod conflicts;
+mod hints;
 mod standing;
 mod ticket;
 
@@ -94,17 +95,18 @@ use tokio::sync::watch;
 pub use self::books::DOUBT_GRACE;
 use self::books::{Books, Change, Repo};
 pub use self::conflicts::{Conflict, SharedConflicts};
+use self::hints::Hints;
 use self::standing::Standings;
 pub use self::ticket::Ticket;
 use self::ticket::{Backing, SharedLease};
 
-use crate::shared::{Begin, Decided, RepoKeys, Settle, SharedBooks};
+use crate::shared::{Begin, Decided, RepoKeys, Settle, SharedBooks, Take};
 use tokio::time::Instant;
 
 use crate::metrics::{DecisionLabels, Metrics};
 use crate::policy::{
-    Decision, Denial, Evaluation, Facts, ManifestPush, ManifestWrite, Reference, TagBook, Verdict,
-    WriteKind,
+    Decision, Denial, Evaluation, Facts, ManifestPush, ManifestWrite, Reference, TagBook, Tally,
+    Verdict, WriteKind,
 };
 use crate::snapshot::Snapshot;
 
@@ -204,6 +206,8 @@ pub struct Checker<S> {
     books: Arc<Books>,
     /// Tag books in Redis/Valkey, shared by every replica; `None` keeps them in this process.
     shared: Option<Arc<SharedBooks>>,
+    /// Which tags the shared store counted when last asked: which pushes may be decided early.
+    hints: Hints,
     standings: Standings,
     policy: watch::Receiver<Arc<Snapshot>>,
     options: CheckOptions,
@@ -224,6 +228,7 @@ impl<S: TagSource> Checker<S> {
             source,
             books: Arc::default(),
             shared: None,
+            hints: Hints::default(),
             standings: Standings::default(),
             policy,
             options,
@@ -251,7 +256,8 @@ impl<S: TagSource> Checker<S> {
     /// Decides a manifest `PUT`, fetching tags when needed and reserving new tags' slots.
     /// Logs one line and counts one decision.
     /// `authorization` is the client's own header, used only to ask the registry whether it
-    /// accepts the client.
+    /// accepts the client. `early` is what [`decide_early`](Self::decide_early) started for
+    /// this push, used when it still holds for the manifest.
     pub async fn check_push(
         &self,
         transport: Transport,
@@ -259,10 +265,89 @@ impl<S: TagSource> Checker<S> {
         content_type: Option<&str>,
         body: &[u8],
         authorization: Option<&str>,
+        early: Option<Early>,
     ) -> Checked {
         let client = Client::Asking(authorization);
-        self.check(transport, write, content_type, body, client, Slots::Reserve)
+        let slots = Slots::Reserve;
+        self.check(transport, write, content_type, body, client, slots, early)
             .await
+    }
+
+    /// Starts the store's decision on a push's request line, before its manifest arrives, when
+    /// the push probably creates no tag (see `hints`): such a decision takes no slot, only the
+    /// guard of the tags it re-writes, so a manifest refused later has taken nothing from
+    /// anyone. The store call then overlaps Envoy's wait for the body. `None` when there is
+    /// nothing to start (memory mode, a push that may create a tag).
+    pub fn decide_early(
+        self: &Arc<Self>,
+        write: &ManifestWrite,
+        authorization: Option<&str>,
+    ) -> Option<Early> {
+        let shared = self.shared.clone()?;
+        if write.kind != WriteKind::Put || write.grammar().is_err() {
+            return None;
+        }
+        let snapshot = self.snapshot();
+        let limits = snapshot.policy.limits_for(&write.repository).1;
+        let filter = limits.exclude_tags.clone();
+        let tags: Vec<String> = write
+            .tags()
+            .into_iter()
+            .filter(|t| filter.counts(t))
+            .collect();
+        if tags.is_empty() || !self.hints.all_counted(&write.repository, &tags) {
+            return None;
+        }
+        let checker = self.clone();
+        let repository = write.repository.clone();
+        let authorization = authorization.map(str::to_owned);
+        let deadline = self.options.decision_timeout;
+        let decided = tokio::spawn(async move {
+            let decided = async {
+                // Nothing is done for a client the registry refuses, early or not.
+                let accepted = checker.client_accepted(&repository, authorization.as_deref());
+                match accepted.await {
+                    Ok(true) => {}
+                    Ok(false) => return Err("not_accepted"),
+                    Err(_) => return Err("failed"),
+                }
+                let keys = RepoKeys::new(&repository, &filter);
+                let id = shared.lease_id();
+                // The guard must outlast the push as a decision on its body would: that
+                // decision's lease from the latest moment this one is still used.
+                let hold = shared.options().lease + EARLY_USE;
+                let ttl = checker.options.tag_cache_ttl;
+                // Creating no tag, the push meets no limit: the store answers `Later` if it would.
+                let limit = u64::MAX;
+                let take = Take::Rewrites;
+                let decided = shared
+                    .decide(&keys, &tags, limit, ttl, hold, &id, take)
+                    .await;
+                match decided.map_err(|_| "failed")? {
+                    Decided::Tally { tally, .. } => Ok((
+                        tally,
+                        SharedLease {
+                            books: shared,
+                            keys,
+                            id,
+                            filter,
+                            named: tags,
+                        },
+                    )),
+                    Decided::Cold(_) => Err("cold"),
+                    Decided::Later => Err("later"),
+                }
+            };
+            let decided = tokio::time::timeout(deadline, decided).await;
+            decided.unwrap_or(Err("failed"))
+        });
+        Some(Early {
+            snapshot,
+            started: Instant::now(),
+            decided,
+            metrics: self.metrics.clone(),
+            counted: false,
+        })
     }
 
     /// Harbor's REST calls that create tags or copy artifacts, refused at the door; `None` for
@@ -297,17 +382,12 @@ impl<S: TagSource> Checker<S> {
     ) -> Checked {
         // The pre-flight API is served to operators on the gateway's own port, not to clients.
         let client = Client::Operator;
-        self.check(
-            Transport::Preflight,
-            write,
-            content_type,
-            body,
-            client,
-            Slots::JudgeOnly,
-        )
-        .await
+        let (transport, slots) = (Transport::Preflight, Slots::JudgeOnly);
+        self.check(transport, write, content_type, body, client, slots, None)
+            .await
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn check(
         &self,
         transport: Transport,
@@ -316,6 +396,7 @@ impl<S: TagSource> Checker<S> {
         body: &[u8],
         client: Client<'_>,
         slots: Slots,
+        early: Option<Early>,
     ) -> Checked {
         let started = Instant::now();
         let deadline = self.options.decision_timeout;
@@ -370,6 +451,14 @@ impl<S: TagSource> Checker<S> {
                 }
                 Evaluation::NeedTags(query) => match &self.shared {
                     Some(shared) => {
+                        let early = match early {
+                            Some(early) => early.outcome(&snapshot).await,
+                            None => None,
+                        };
+                        if let Some((tally, lease)) = early {
+                            let backing = Backing::Shared(Box::new(lease));
+                            return Ok(Some((query.conclude(tally), Some(backing))));
+                        }
                         let (decision, lease) =
                             self.decide_shared(shared, query, slots, transport).await?;
                         Ok(Some((decision, Some(Backing::Shared(Box::new(lease))))))
@@ -451,12 +540,24 @@ impl<S: TagSource> Checker<S> {
                     ttl,
                     hold,
                     &lease,
-                    reserve,
+                    if reserve { Take::Slots } else { Take::Nothing },
                 )
                 .await
                 .map_err(store)?;
             match decided {
-                Decided::Tally { tally, .. } => {
+                Decided::Tally { tally, allowed } => {
+                    if reserve && allowed {
+                        for tag in &tags {
+                            if tally.reserved.contains(tag) {
+                                self.hints.forget(&repository, tag);
+                            } else {
+                                self.hints.counted(&repository, tag);
+                            }
+                        }
+                    }
+                    for tag in &tally.new_tags {
+                        self.hints.forget(&repository, tag);
+                    }
                     let lease = SharedLease {
                         books: shared.clone(),
                         keys,
@@ -465,6 +566,11 @@ impl<S: TagSource> Checker<S> {
                         named: tags,
                     };
                     return Ok((query.conclude(tally), lease));
+                }
+                Decided::Later => {
+                    return Err(store(crate::shared::StoreError::Failed(
+                        "the store answered `later` to a decision that takes slots".to_owned(),
+                    )));
                 }
                 Decided::Cold(reads) => {
                     let lock = self.options.decision_timeout + Duration::from_secs(1);
@@ -779,7 +885,10 @@ impl<S: TagSource> Checker<S> {
         }
         if self.shared.is_some() {
             let change = match &write.reference {
-                Reference::Tag(tag) => Change::Remove(tag.clone()),
+                Reference::Tag(tag) => {
+                    self.hints.forget(&write.repository, tag);
+                    Change::Remove(tag.clone())
+                }
                 Reference::Digest(_) => Change::Stale,
             };
             self.shared_change(&write.repository, change);
@@ -841,6 +950,58 @@ impl<S: TagSource> Checker<S> {
         );
         self.metrics.books.set(self.books.len() as i64);
         forgotten
+    }
+}
+
+/// How long after the request line an early decision is still used; past it, the manifest is
+/// decided as it arrives.
+const EARLY_USE: Duration = Duration::from_secs(2);
+
+/// A decision [`Checker::decide_early`] started on a push's request line.
+pub struct Early {
+    /// The policy it was started under: a reload before the manifest arrives voids it.
+    snapshot: Arc<Snapshot>,
+    started: Instant,
+    /// The store's tally and the push's lease, or why there is none (a metric label).
+    decided: tokio::task::JoinHandle<Result<(Tally, SharedLease), &'static str>>,
+    metrics: Arc<Metrics>,
+    counted: bool,
+}
+
+impl Early {
+    /// The store's tally and the push's lease, when the store confirmed every tag, under the
+    /// policy in force (`snapshot`), recently enough to stand for the manifest's decision.
+    async fn outcome(mut self, snapshot: &Arc<Snapshot>) -> Option<(Tally, SharedLease)> {
+        self.counted = true;
+        let outcome = if Arc::ptr_eq(&self.snapshot, snapshot) {
+            let decided = (&mut self.decided).await.unwrap_or(Err("failed"));
+            let young = self.started.elapsed() < EARLY_USE;
+            decided.and_then(|d| if young { Ok(d) } else { Err("late") })
+        } else {
+            Err("reloaded")
+        };
+        let label = outcome.as_ref().err().copied().unwrap_or("used");
+        Metrics::count(&self.metrics.early_decisions, label);
+        outcome.ok()
+    }
+}
+
+impl std::fmt::Debug for Early {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Early")
+            .field("started", &self.started)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Early {
+    /// Unused (a refused manifest, a stream that ended): the call has nothing to undo, so it is
+    /// not waited for.
+    fn drop(&mut self) {
+        if !self.counted {
+            Metrics::count(&self.metrics.early_decisions, "unused");
+        }
+        self.decided.abort();
     }
 }
 

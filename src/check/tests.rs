@@ -111,7 +111,7 @@ fn put_delete(path: &str) -> ManifestWrite {
 
 /// A `PUT` of `BODY` to `path` through `transport`, without credentials.
 async fn push_via(c: &Checker<FakeSource>, transport: Transport, path: &str) -> Checked {
-    c.check_push(transport, &put(path), Some(OCI), BODY, None)
+    c.check_push(transport, &put(path), Some(OCI), BODY, None, None)
         .await
 }
 
@@ -309,6 +309,7 @@ async fn clients_the_registry_refuses_take_no_slot_and_learn_nothing() {
                 Some(OCI),
                 body,
                 authorization,
+                None,
             )
             .await
         }

@@ -3,9 +3,11 @@
 --       4 doubts zset (tag|lease -> since ms), 5 re-reads zset (lease -> due ms),
 --       6 rewrites zset (tag -> expiry ms of the latest push re-writing it)
 -- ARGV: 1 now ms, 2 oldest trusted read ms, 3 cache ttl ms, 4 doubt grace ms, 5 epoch,
---       6 limit, 7 lease expiry ms, 8 lease id, 9 reserve (1/0), 10 key ttl ms, 11.. counted tags
+--       6 limit, 7 lease expiry ms, 8 lease id, 9 take (1: reserve slots, 0: judge only,
+--       w: guard rewrites only), 10 key ttl ms, 11.. counted tags
 -- Returns {'cold', reads} when the tag list must be read first (reads: how many reads were
--- installed so far, so that only one replica reads for a given state), else
+-- installed so far, so that only one replica reads for a given state), {'later'} when take is
+-- 'w' and a tag is not confirmed (the push must be decided with its slots), else
 -- {'allow'|'deny', count, #new, new..., reserved...}.
 local now = tonumber(ARGV[1])
 local meta = redis.call('HMGET', KEYS[2], 'fetched_at', 'epoch', 'stale', 'reads')
@@ -21,6 +23,13 @@ if #redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 1) > 0 then
 end
 if #redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[4]), 'LIMIT', 0, 1) > 0 then
   return cold
+end
+-- Started before the manifest arrived, a decision may guard rewrites but takes no slot: a
+-- manifest refused later must not have held one.
+if ARGV[9] == 'w' then
+  for i = 11, #ARGV do
+    if redis.call('SISMEMBER', KEYS[1], ARGV[i]) == 0 then return {'later'} end
+  end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 local pending, npending = {}, 0
@@ -59,7 +68,7 @@ if out[1] == 'allow' and ARGV[9] == '1' and #unconfirmed > 0 then
 end
 -- A push that re-writes counted tags settles nothing when it lands, so its owner sends nothing;
 -- until its lease would run out, a delete of one of these tags must not uncount it (settle.lua).
-if out[1] == 'allow' and ARGV[9] == '1' and #confirmed > 0 then
+if out[1] == 'allow' and ARGV[9] ~= '0' and #confirmed > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
   for _, tag in ipairs(confirmed) do
     redis.call('ZADD', KEYS[6], 'GT', ARGV[7], tag)

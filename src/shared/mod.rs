@@ -153,10 +153,12 @@ pub enum StoreError {
 }
 
 /// What the shared store decided; `Cold` asks for a tag-list read first, naming how many
-/// reads the store had installed (for [`SharedBooks::begin_read`]).
+/// reads the store had installed (for [`SharedBooks::begin_read`]); `Later` answers
+/// [`Take::Rewrites`] when a tag the push names is not confirmed.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decided {
     Cold(String),
+    Later,
     Tally { allowed: bool, tally: Tally },
 }
 
@@ -219,6 +221,28 @@ impl RepoKeys {
             invocation.key(key);
         }
         invocation
+    }
+}
+
+/// What a decision takes in the store when the push fits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Take {
+    /// Nothing: a question about what a push would get.
+    Nothing,
+    /// The slots of the tags the push would create, and the guard of the tags it re-writes.
+    Slots,
+    /// Only the guard of re-written tags, and only when the push creates no tag (else
+    /// [`Decided::Later`]): for a decision started before the manifest is judged.
+    Rewrites,
+}
+
+impl Take {
+    fn as_arg(self) -> &'static str {
+        match self {
+            Self::Nothing => "0",
+            Self::Slots => "1",
+            Self::Rewrites => "w",
+        }
     }
 }
 
@@ -454,7 +478,7 @@ impl SharedBooks {
         )
     }
 
-    /// One decision: count, judge and (when `reserve` and it fits) reserve, atomically.
+    /// One decision: count, judge and, when it fits, take what `take` says, atomically.
     #[allow(clippy::too_many_arguments)]
     pub async fn decide(
         &self,
@@ -464,7 +488,7 @@ impl SharedBooks {
         cache_ttl: Duration,
         hold: Duration,
         lease: &str,
-        reserve: bool,
+        take: Take,
     ) -> Result<Decided, StoreError> {
         let now = now_ms();
         use Key::*;
@@ -481,7 +505,7 @@ impl SharedBooks {
             .arg(limit)
             .arg(now + ms(hold))
             .arg(lease)
-            .arg(if reserve { "1" } else { "0" })
+            .arg(take.as_arg())
             .arg(ms(hold.max(cache_ttl)) * 2)
             .arg(tags);
         let reply = self.run("decide", invocation).await?;
@@ -494,6 +518,7 @@ impl SharedBooks {
             |v: &Value| -> usize { redis::from_redis_value(v.clone()).unwrap_or_default() };
         match items.first().map(text).as_deref() {
             Some("cold") => Ok(Decided::Cold(items.get(1).map(text).unwrap_or_default())),
+            Some("later") => Ok(Decided::Later),
             Some(verdict @ ("allow" | "deny")) if items.len() >= 3 => {
                 let count = number(&items[1]);
                 let new = number(&items[2]).min(items.len() - 3);

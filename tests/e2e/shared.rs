@@ -382,6 +382,178 @@ async fn a_warm_decision_is_one_store_round_trip() {
         3,
         "w1, w2 and w3 commit their leases; cold was counted already"
     );
+    // That decision saw `cold` counted: the next push of it is decided on its request line,
+    // while Envoy gathers the manifest, still in one store call.
+    let early = |scrape: &Scrape, result: &str| {
+        scrape.get(
+            "registry_gateway_early_decisions_total",
+            &[("result", result)],
+        )
+    };
+    assert_eq!(early(&after, "used"), 0, "no tag was known counted yet");
+    assert_stored(&client, repo, "cold", &manifest("cold again")).await;
+    let last = Scrape::take(&admin).await;
+    assert_eq!(early(&last, "used"), 1, "{}", last.0);
+    assert_eq!(calls(&last, "decide") - calls(&after, "decide"), 1);
+    assert_eq!(calls(&last, "settle") - calls(&after, "settle"), 0);
+}
+
+/// A push decided on its request line takes no slot, so it must create no tag: when this
+/// replica's note that a tag is counted is out of date (another replica saw it deleted), the
+/// store says so and the push is decided on its manifest, against the room really left. Here
+/// the manifest comes 300 ms after the request line, and the last slot is taken through the
+/// other replica meanwhile: a decision kept from the request line would have seen room for v1
+/// and held no slot for it, and the repository would end with six tags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tag_this_replica_wrongly_believes_counted_is_still_held_to_the_limit() {
+    let redis = Redis::start(false).await;
+    let pods = Pods::start(2, &redis.url(), &[]).await;
+    let clients = pods.clients();
+    let (a, b) = (&clients[0], &clients[1]);
+    let repo = "shared/stale-hint";
+    let manifest = image(a, repo).await;
+    let v1 = manifest("v1");
+    // Once the first push's commit has landed, the second finds v1 counted: replica A notes it.
+    assert_stored(a, repo, "v1", &v1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_stored(a, repo, "v1", &v1).await;
+    // Deleted through B (by digest: distribution deletes no tag by name); B's next decision
+    // reads the list again. Room is left for one more tag.
+    let digest = support::sha256_digest(&v1);
+    let deleted = b.delete_manifest(repo, &digest).await;
+    assert_eq!(deleted.status, 202, "{}", deleted.text());
+    for i in 0..LIMIT - 1 {
+        let tag = format!("f{i}");
+        assert_stored(b, repo, &tag, &manifest(&tag)).await;
+    }
+    let admin = pods.pairs[0].0.admin();
+    let before = Scrape::take(&admin).await;
+    let slow = tokio::spawn(put_with_late_body(
+        pods.pairs[0].1.addr(),
+        format!("/v2/{repo}/manifests/v1"),
+        v1.clone(),
+        Duration::from_millis(300),
+    ));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_stored(b, repo, "last", &manifest("last")).await;
+    let status = slow.await.expect("slow push");
+    let after = Scrape::take(&admin).await;
+    assert_eq!(status, 403, "v1 would be a sixth tag");
+    let early = |scrape: &Scrape, result: &str| {
+        scrape.get(
+            "registry_gateway_early_decisions_total",
+            &[("result", result)],
+        )
+    };
+    assert_eq!(
+        early(&after, "later") - early(&before, "later"),
+        1,
+        "{}",
+        after.0
+    );
+    assert_eq!(early(&after, "used"), early(&before, "used"));
+    let tags = pods.registry.client().list_tags(repo).await;
+    assert_eq!(tags.len(), LIMIT, "{tags:?}");
+}
+
+/// What the store said on the request line stands only for the manifest the sidecar then
+/// judges in full: one over the size limit is refused for its size, one that comes more than
+/// 2 s after its request line is decided as it arrives, and a push under another policy than
+/// the one in force on its request line is decided again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_early_decision_stands_only_for_the_manifest_it_was_started_for() {
+    let redis = Redis::start(false).await;
+    let pods = Pods::start(1, &redis.url(), &[]).await;
+    let client = pods.clients().remove(0);
+    let repo = "shared/early";
+    let manifest = image(&client, repo).await;
+    assert_stored(&client, repo, "v1", &manifest("a")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_stored(&client, repo, "v1", &manifest("b")).await;
+    let admin = pods.pairs[0].0.admin();
+    let early = |scrape: &Scrape, result: &str| {
+        scrape.get(
+            "registry_gateway_early_decisions_total",
+            &[("result", result)],
+        )
+    };
+    let s0 = Scrape::take(&admin).await;
+    // 2 MB of layers against a 1 MB limit.
+    let big = String::from_utf8(manifest("c"))
+        .expect("utf-8")
+        .replace(r#""size":12}"#, r#""size":2000000}"#);
+    let reply = client.put_manifest(repo, "v1", OCI, big.as_bytes()).await;
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    assert!(reply.text().contains("size"), "{}", reply.text());
+    let s1 = Scrape::take(&admin).await;
+    assert_eq!(early(&s1, "unused") - early(&s0, "unused"), 1, "{}", s1.0);
+    let addr = pods.pairs[0].1.addr();
+    let target = format!("/v2/{repo}/manifests/v1");
+    let late = Duration::from_millis(2300);
+    let status = put_with_late_body(addr, target.clone(), manifest("d"), late).await;
+    assert_eq!(status, 201);
+    let s2 = Scrape::take(&admin).await;
+    assert_eq!(early(&s2, "late") - early(&s1, "late"), 1, "{}", s2.0);
+    let status = put_with_late_body(addr, target.clone(), manifest("e"), Duration::ZERO).await;
+    assert_eq!(status, 201);
+    let s3 = Scrape::take(&admin).await;
+    assert_eq!(early(&s3, "used") - early(&s2, "used"), 1, "{}", s3.0);
+    // The policy reloads between the request line and the manifest.
+    // Past 2 s, too, a reload is what voids it.
+    let wait = Duration::from_millis(3000);
+    let slow = tokio::spawn(put_with_late_body(addr, target, manifest("f"), wait));
+    let config = pods._config.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        CONFIG.replace("tag_count_limit: 5", "tag_count_limit: 6"),
+    )
+    .expect("rewrite config");
+    assert_eq!(slow.await.expect("slow push"), 201);
+    let s4 = Scrape::take(&admin).await;
+    let version = |s: &Scrape| s.get("registry_gateway_config_version", &[]);
+    assert_eq!(version(&s4), 2, "the reload landed before the manifest");
+    assert_eq!(
+        early(&s4, "reloaded") - early(&s3, "reloaded"),
+        1,
+        "{}",
+        s4.0
+    );
+    assert_eq!(pods.registry.client().list_tags(repo).await, ["v1"]);
+}
+
+/// A manifest `PUT` whose body follows its request line after `delay`; the answer's status.
+async fn put_with_late_body(
+    addr: std::net::SocketAddr,
+    target: String,
+    body: Vec<u8>,
+    delay: Duration,
+) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "PUT {target} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: {OCI}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    sock.write_all(head.as_bytes()).await.expect("write head");
+    tokio::time::sleep(delay).await;
+    sock.write_all(&body).await.expect("write body");
+    let mut reply = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        while !reply.windows(2).any(|w| w == b"\r\n") {
+            let n = sock.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "connection closed before an answer");
+            reply.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("an answer within 10 s");
+    let line = String::from_utf8_lossy(&reply).into_owned();
+    line.split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {line:?}"))
 }
 
 /// The store's own guard for the settlement a re-write skips: a delete seen while a push
@@ -393,7 +565,7 @@ async fn a_delete_racing_a_rewrite_keeps_the_tag_counted_until_the_list_is_read_
     use registry_gateway::metrics::Metrics;
     use registry_gateway::policy::TagFilter;
     use registry_gateway::shared::{
-        Begin, Decided, RepoKeys, Settle, SharedBooks, SharedOptions, StateUrl,
+        Begin, Decided, RepoKeys, Settle, SharedBooks, SharedOptions, StateUrl, Take,
     };
 
     let redis = Redis::start(false).await;
@@ -410,20 +582,20 @@ async fn a_delete_racing_a_rewrite_keeps_the_tag_counted_until_the_list_is_read_
     let ttl = Duration::from_secs(300);
     let hold = Duration::from_millis(600);
     let tags = |names: &[&str]| names.iter().map(|t| t.to_string()).collect::<Vec<_>>();
-    // `reserve` false: a probe that leaves no lease of its own to run out.
-    let decide = |tag: &'static str, reserve: bool| {
+    // `Take::Nothing`: a probe that leaves no lease of its own to run out.
+    let decide = |tag: &'static str, take: Take| {
         let (books, keys) = (books.clone(), keys.clone());
         async move {
             let lease = books.lease_id();
             books
-                .decide(&keys, &tags(&[tag]), 10, ttl, hold, &lease, reserve)
+                .decide(&keys, &tags(&[tag]), 10, ttl, hold, &lease, take)
                 .await
                 .expect("decide")
         }
     };
     // The list is cold: read it as a replica would. A read that fails gives the lock up at once,
     // so the next decision reads instead of waiting it out.
-    let Decided::Cold(reads) = decide("x", true).await else {
+    let Decided::Cold(reads) = decide("x", Take::Slots).await else {
         panic!("a new repository must be read first")
     };
     let long = Duration::from_secs(60);
@@ -450,7 +622,7 @@ async fn a_delete_racing_a_rewrite_keeps_the_tag_counted_until_the_list_is_read_
             .expect("complete")
     );
     // A push re-writing x reserves nothing: x is counted.
-    let Decided::Tally { allowed, tally } = decide("x", true).await else {
+    let Decided::Tally { allowed, tally } = decide("x", Take::Slots).await else {
         panic!("warm")
     };
     assert!(allowed);
@@ -460,7 +632,7 @@ async fn a_delete_racing_a_rewrite_keeps_the_tag_counted_until_the_list_is_read_
         .settle(&keys, Settle::Remove, "", &[], &tags(&["x", "y"]))
         .await
         .expect("remove");
-    let Decided::Tally { tally, .. } = decide("z", false).await else {
+    let Decided::Tally { tally, .. } = decide("z", Take::Nothing).await else {
         panic!("still warm while the re-write may land")
     };
     assert_eq!(
@@ -472,7 +644,7 @@ async fn a_delete_racing_a_rewrite_keeps_the_tag_counted_until_the_list_is_read_
         .settle(&keys, Settle::Stale, "", &[], &[])
         .await
         .expect("stale");
-    let Decided::Cold(reads) = decide("z", false).await else {
+    let Decided::Cold(reads) = decide("z", Take::Nothing).await else {
         panic!("a stale list must be read again")
     };
     assert_eq!(
@@ -486,14 +658,14 @@ async fn a_delete_racing_a_rewrite_keeps_the_tag_counted_until_the_list_is_read_
             .await
             .expect("complete")
     );
-    let Decided::Tally { tally, .. } = decide("z", false).await else {
+    let Decided::Tally { tally, .. } = decide("z", Take::Nothing).await else {
         panic!("warm after the read")
     };
     assert_eq!(tally.count, 1, "x stays counted across the read");
     // Once the re-write's lease would have run out, the list is read again.
     tokio::time::sleep(hold + Duration::from_millis(200)).await;
     assert!(
-        matches!(decide("z", false).await, Decided::Cold(_)),
+        matches!(decide("z", Take::Nothing).await, Decided::Cold(_)),
         "the tag list must be read again after the guarded delete"
     );
 }

@@ -27,6 +27,8 @@ struct StoreCounts {
     calls: BTreeMap<String, f64>,
     commands: BTreeMap<String, u64>,
     decisions: f64,
+    /// Decisions started on the request line, by result.
+    early: BTreeMap<String, f64>,
 }
 
 fn store_counts(ctx: &Ctx) -> Result<StoreCounts, String> {
@@ -47,7 +49,19 @@ fn store_counts(ctx: &Ctx) -> Result<StoreCounts, String> {
             .entry(format!("{}/{}", label("op"), label("result")))
             .or_insert(0.0) += value;
     }
+    let early = ctx
+        .gateway_redis
+        .samples("registry_gateway_early_decisions_total")?
+        .into_iter()
+        .map(|(labels, value)| {
+            (
+                labels.replace("result=", "").trim_matches('"').to_owned(),
+                value,
+            )
+        })
+        .collect();
     Ok(StoreCounts {
+        early,
         calls,
         commands: ctx.redis.command_calls()?,
         decisions: ctx
@@ -323,7 +337,8 @@ pub(crate) fn p2(ctx: &mut Ctx) -> Result<Vec<Figure>, String> {
         "store_decide_calls_per_decision": round(per(decide_calls)),
         "store_settle_calls_per_decision": round(per(settle_calls)),
         "server_script_calls_equal_store_calls": (server_scripts as f64 - sidecar_calls).abs() < 0.5,
-        "note": "decide runs on the decision's path (one EVALSHA before Envoy lets the PUT through); settle runs after the registry's 201, without the PUT waiting for it",
+        "early_decisions_by_result": delta_f(&store1.early, &store0.early),
+        "note": "decide runs on the decision's path (one EVALSHA before Envoy lets the PUT through); for a push that re-writes counted tags it starts on the request headers, while Envoy gathers the body (early_decisions_by_result.used); settle runs after the registry's 201, without the PUT waiting for it",
     });
     ctx.extra.insert("redis_mode".to_owned(), redis_mode);
     ctx.extra.insert(
