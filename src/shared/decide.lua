@@ -17,28 +17,37 @@ if not fetched or meta[2] ~= ARGV[5] or meta[3] or fetched < tonumber(ARGV[2])
     or now - fetched >= tonumber(ARGV[3]) then
   return cold
 end
+-- Most decisions meet no lease, doubt or re-read in flight: one call says so.
+local busy = redis.call('EXISTS', KEYS[3], KEYS[4], KEYS[5]) > 0
 -- A lease that ran out unsettled, or a doubt past its grace, may hide a stored tag.
-if #redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 1) > 0 then
+if busy and #redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, 1) > 0 then
   return cold
 end
-if #redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[4]), 'LIMIT', 0, 1) > 0 then
+if busy and #redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now - tonumber(ARGV[4]), 'LIMIT', 0, 1) > 0 then
   return cold
+end
+local known = {}
+local function counted(tag)
+  if known[tag] == nil then known[tag] = redis.call('SISMEMBER', KEYS[1], tag) == 1 end
+  return known[tag]
 end
 -- Started before the manifest arrived, a decision may guard rewrites but takes no slot: a
 -- manifest refused later must not have held one.
 if ARGV[9] == 'w' then
   for i = 11, #ARGV do
-    if redis.call('SISMEMBER', KEYS[1], ARGV[i]) == 0 then return {'later'} end
+    if not counted(ARGV[i]) then return {'later'} end
   end
 end
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
 local pending, npending = {}, 0
-for _, key in ipairs({KEYS[3], KEYS[4]}) do
-  for _, member in ipairs(redis.call('ZRANGE', key, 0, -1)) do
-    local tag = string.match(member, '^(.*)|[^|]*$')
-    if tag and not pending[tag] and redis.call('SISMEMBER', KEYS[1], tag) == 0 then
-      pending[tag] = true
-      npending = npending + 1
+if busy then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
+  for _, key in ipairs({KEYS[3], KEYS[4]}) do
+    for _, member in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+      local tag = string.match(member, '^(.*)|[^|]*$')
+      if tag and not pending[tag] and not counted(tag) then
+        pending[tag] = true
+        npending = npending + 1
+      end
     end
   end
 end
@@ -46,7 +55,7 @@ local count = redis.call('SCARD', KEYS[1]) + npending
 local new, unconfirmed, confirmed = {}, {}, {}
 for i = 11, #ARGV do
   local tag = ARGV[i]
-  if redis.call('SISMEMBER', KEYS[1], tag) == 0 then
+  if not counted(tag) then
     table.insert(unconfirmed, tag)
     if not pending[tag] then table.insert(new, tag) end
   else
