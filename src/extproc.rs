@@ -3,7 +3,8 @@
 //! Envoy's route configuration sends only manifest writes here (`envoy/envoy.yaml`), with
 //! `request_body_mode: BUFFERED` and `response_header_mode: SEND`. The stream sees:
 //! request headers → (for a `PUT`) the whole body → the registry's response headers. We decide on
-//! the body, and settle the tag bookkeeping on the response status. Every phase gets exactly one
+//! the body (a re-push's store call may start on the headers, `Checker::decide_early`), and
+//! settle the tag bookkeeping on the response status. Every phase gets exactly one
 //! answer; anything this adapter cannot make sense of ends the stream with an error status, which
 //! Envoy turns into a 500 because `failure_mode_allow` is false: never a silent pass.
 
