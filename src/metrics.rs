@@ -102,8 +102,8 @@ metrics! {
     /// Decisions the shared store started on a push's request line, by result: `used` (they
     /// stood for the manifest), `later` (the store found a tag to create, so the manifest was
     /// decided when it came), `cold`, `failed`, `not_accepted` (the client), `late`,
-    /// `reloaded` (the policy changed first) or `unused` (the manifest was refused first, or
-    /// never came)
+    /// `reloaded` (the policy changed first) or `unused` (the manifest was refused first or
+    /// never came, the client was refused, or the decision's deadline ran out while waiting)
     early_decisions: Family<ResultLabels, Counter>, "early_decisions";
     /// Repositories whose tag books this process keeps (memory mode; capped)
     books: Gauge, "tag_books";

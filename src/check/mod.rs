@@ -972,7 +972,6 @@ impl Early {
     /// The store's tally and the push's lease, when the store confirmed every tag, under the
     /// policy in force (`snapshot`), recently enough to stand for the manifest's decision.
     async fn outcome(mut self, snapshot: &Arc<Snapshot>) -> Option<(Tally, SharedLease)> {
-        self.counted = true;
         let outcome = if Arc::ptr_eq(&self.snapshot, snapshot) {
             let decided = (&mut self.decided).await.unwrap_or(Err("failed"));
             let young = self.started.elapsed() < EARLY_USE;
@@ -980,6 +979,9 @@ impl Early {
         } else {
             Err("reloaded")
         };
+        // Counted here once waited for; dropped while waiting (the deadline), it counts as
+        // unused.
+        self.counted = true;
         let label = outcome.as_ref().err().copied().unwrap_or("used");
         Metrics::count(&self.metrics.early_decisions, label);
         outcome.ok()
