@@ -290,11 +290,7 @@ impl<S: TagSource> Checker<S> {
         let snapshot = self.snapshot();
         let limits = snapshot.policy.limits_for(&write.repository).1;
         let filter = limits.exclude_tags.clone();
-        let tags: Vec<String> = write
-            .tags()
-            .into_iter()
-            .filter(|t| filter.counts(t))
-            .collect();
+        let tags = limits.counted_tags(&write.tags());
         if tags.is_empty() || !self.hints.all_counted(&write.repository, &tags) {
             return None;
         }

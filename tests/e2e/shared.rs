@@ -384,16 +384,14 @@ async fn a_warm_decision_is_one_store_round_trip() {
     );
     // That decision saw `cold` counted: the next push of it is decided on its request line,
     // while Envoy gathers the manifest, still in one store call.
-    let early = |scrape: &Scrape, result: &str| {
-        scrape.get(
-            "registry_gateway_early_decisions_total",
-            &[("result", result)],
-        )
-    };
-    assert_eq!(early(&after, "used"), 0, "no tag was known counted yet");
+    assert_eq!(
+        early_decisions(&after, "used"),
+        0,
+        "no tag was known counted yet"
+    );
     assert_stored(&client, repo, "cold", &manifest("cold again")).await;
     let last = Scrape::take(&admin).await;
-    assert_eq!(early(&last, "used"), 1, "{}", last.0);
+    assert_eq!(early_decisions(&last, "used"), 1, "{}", last.0);
     assert_eq!(calls(&last, "decide") - calls(&after, "decide"), 1);
     assert_eq!(calls(&last, "settle") - calls(&after, "settle"), 0);
 }
@@ -439,19 +437,16 @@ async fn a_tag_this_replica_wrongly_believes_counted_is_still_held_to_the_limit(
     let status = slow.await.expect("slow push");
     let after = Scrape::take(&admin).await;
     assert_eq!(status, 403, "v1 would be a sixth tag");
-    let early = |scrape: &Scrape, result: &str| {
-        scrape.get(
-            "registry_gateway_early_decisions_total",
-            &[("result", result)],
-        )
-    };
     assert_eq!(
-        early(&after, "later") - early(&before, "later"),
+        early_decisions(&after, "later") - early_decisions(&before, "later"),
         1,
         "{}",
         after.0
     );
-    assert_eq!(early(&after, "used"), early(&before, "used"));
+    assert_eq!(
+        early_decisions(&after, "used"),
+        early_decisions(&before, "used")
+    );
     let tags = pods.registry.client().list_tags(repo).await;
     assert_eq!(tags.len(), LIMIT, "{tags:?}");
 }
@@ -471,12 +466,6 @@ async fn an_early_decision_stands_only_for_the_manifest_it_was_started_for() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_stored(&client, repo, "v1", &manifest("b")).await;
     let admin = pods.pairs[0].0.admin();
-    let early = |scrape: &Scrape, result: &str| {
-        scrape.get(
-            "registry_gateway_early_decisions_total",
-            &[("result", result)],
-        )
-    };
     let s0 = Scrape::take(&admin).await;
     // 2 MB of layers against a 1 MB limit.
     let big = String::from_utf8(manifest("c"))
@@ -486,18 +475,33 @@ async fn an_early_decision_stands_only_for_the_manifest_it_was_started_for() {
     assert_eq!(reply.status, 403, "{}", reply.text());
     assert!(reply.text().contains("size"), "{}", reply.text());
     let s1 = Scrape::take(&admin).await;
-    assert_eq!(early(&s1, "unused") - early(&s0, "unused"), 1, "{}", s1.0);
+    assert_eq!(
+        early_decisions(&s1, "unused") - early_decisions(&s0, "unused"),
+        1,
+        "{}",
+        s1.0
+    );
     let addr = pods.pairs[0].1.addr();
     let target = format!("/v2/{repo}/manifests/v1");
     let late = Duration::from_millis(2300);
     let status = put_with_late_body(addr, target.clone(), manifest("d"), late).await;
     assert_eq!(status, 201);
     let s2 = Scrape::take(&admin).await;
-    assert_eq!(early(&s2, "late") - early(&s1, "late"), 1, "{}", s2.0);
+    assert_eq!(
+        early_decisions(&s2, "late") - early_decisions(&s1, "late"),
+        1,
+        "{}",
+        s2.0
+    );
     let status = put_with_late_body(addr, target.clone(), manifest("e"), Duration::ZERO).await;
     assert_eq!(status, 201);
     let s3 = Scrape::take(&admin).await;
-    assert_eq!(early(&s3, "used") - early(&s2, "used"), 1, "{}", s3.0);
+    assert_eq!(
+        early_decisions(&s3, "used") - early_decisions(&s2, "used"),
+        1,
+        "{}",
+        s3.0
+    );
     // The policy reloads between the request line and the manifest.
     // Past 2 s, too, a reload is what voids it.
     let wait = Duration::from_millis(3000);
@@ -513,12 +517,18 @@ async fn an_early_decision_stands_only_for_the_manifest_it_was_started_for() {
     let version = |s: &Scrape| s.get("registry_gateway_config_version", &[]);
     assert_eq!(version(&s4), 2, "the reload landed before the manifest");
     assert_eq!(
-        early(&s4, "reloaded") - early(&s3, "reloaded"),
+        early_decisions(&s4, "reloaded") - early_decisions(&s3, "reloaded"),
         1,
         "{}",
         s4.0
     );
     assert_eq!(pods.registry.client().list_tags(repo).await, ["v1"]);
+}
+
+/// The sidecar's early decisions with `result`, in `scrape`.
+fn early_decisions(scrape: &Scrape, result: &str) -> u64 {
+    let labels = [("result", result)];
+    scrape.get("registry_gateway_early_decisions_total", &labels)
 }
 
 /// A manifest `PUT` whose body follows its request line after `delay`; the answer's status.

@@ -44,6 +44,14 @@ pub struct Limits {
     pub warn_at: Option<Share>,
 }
 
+impl Limits {
+    /// Those of `tags` that count toward `tag_count_limit`.
+    pub fn counted_tags(&self, tags: &[String]) -> Vec<String> {
+        let counts = |t: &&String| self.exclude_tags.counts(t);
+        tags.iter().filter(counts).cloned().collect()
+    }
+}
+
 /// One compiled configuration version.
 #[derive(Debug)]
 pub struct Policy {
@@ -211,11 +219,7 @@ impl TagQuery<'_> {
     /// The tags this push names that count toward the limit, without repeats: what a shared
     /// store counts and reserves for [`conclude`](Self::conclude).
     pub fn counted_tags(&self) -> Vec<String> {
-        self.tags
-            .iter()
-            .filter(|t| self.limits.exclude_tags.counts(t))
-            .cloned()
-            .collect()
+        self.limits.counted_tags(&self.tags)
     }
 
     /// The limit the count is held to.
